@@ -1,0 +1,59 @@
+"""The `probe` command line: parse, validate, call the library. No logic lives here.
+
+Every error a user can fix (a ProbeError from the library, or a bad option caught by click)
+prints one line on stderr and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from probe.artifacts import ENV_ROOT, Artifacts
+from probe.errors import ProbeError
+
+
+class ProbeGroup(click.Group):
+    def main(self, args=None, prog_name=None, **kwargs):
+        try:
+            result = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            _fail(exc.format_message())
+        except ProbeError as exc:
+            _fail(str(exc))
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str) -> None:
+    click.echo("error: " + " ".join(message.split()), err=True)
+    sys.exit(2)
+
+
+@click.group(cls=ProbeGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                "show_default": True})
+@click.option("--artifacts", "artifacts_root", type=click.Path(file_okay=False),
+              envvar=ENV_ROOT, default="artifacts", show_envvar=True,
+              help="Where every output is written.")
+@click.version_option(package_name="probe")
+@click.pass_context
+def cli(ctx: click.Context, artifacts_root: str) -> None:
+    """Train diffusion denoisers on nested subsets and explain how they generalize."""
+    ctx.obj = Artifacts.at(artifacts_root)
+
+
+def _register() -> None:
+    # Each command family lives in its own module and adds itself to `cli`.
+    from probe.cli import data  # noqa: F401
+
+
+_register()
+
+
+def main() -> None:
+    cli.main(prog_name="probe")

@@ -1,0 +1,114 @@
+"""Frozen configuration dataclasses and their TOML round-trip: the only home of defaults.
+
+Every command resolves its options into these objects, prints them with ``--dry-run`` and writes
+them next to its outputs, so any output can be traced to the exact settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+# ---------------------------------------------------------------------------------------- data
+
+DATASETS = (
+    "mnist", "lfw", "digits", "patches", "disks", "c-alpha",
+    "fashion-mnist", "celeba", "lsun", "imagenet", "folder",
+)
+CROPS = ("center", "dit", "kadkhodaie", "none")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, at what size: everything that changes the cached uint8 array."""
+
+    dataset: str = "mnist"
+    root: str | None = None  # real-format sets only; embedded and synthetic sets need none
+    size: int = 32  # output height = width, in pixels
+    channels: int | None = None  # 1 or 3; None keeps the source's own channel count
+    crop: str = "center"  # center: largest centred square; dit: CelebA centre 140; kadkhodaie:
+    # rows 29:-29, cols 9:-9 (CelebA); none: squash the whole image
+    dedup: float | None = None  # drop one of each pair of 20x20 thumbnails correlating above
+    classes: tuple[str, ...] = ()  # imagenet: keep only these wnids
+    count: int | None = None  # synthetic sets and patches: how many images to generate
+    alpha: float = 2.0  # c-alpha: regularity of the contours
+    generator_seed: int = 0  # synthetic sets and patches: seed of the generator
+
+
+@dataclass(frozen=True)
+class SubsetConfig:
+    """Nested training subsets S_N (split a), disjoint twins (split b) and a held-out test set."""
+
+    ns: tuple[int, ...] = (10, 100, 1000)
+    seed: int = 0
+    test_size: int = 512  # capped at a fifth of a set that has no test partition of its own
+
+
+# ------------------------------------------------------------------------------ TOML round-trip
+
+
+def to_dict(cfg) -> dict:
+    """Plain dict of a (nested) config dataclass; tuples become lists, None values are dropped."""
+
+    def clean(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: clean(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if getattr(value, f.name) is not None}
+        if isinstance(value, tuple | list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items() if v is not None}
+        return value
+
+    return clean(cfg)
+
+
+def _coerce(tp, value):
+    """Turn a TOML/JSON value back into the annotated field type (tuples, nested dataclasses)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = args[0] if args else typing.Any
+        return tuple(_coerce(inner, v) for v in value)
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls, data: dict):
+    """Build ``cls`` from a dict, filling missing keys with defaults; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+    return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
+
+
+def dumps_toml(cfg) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def loads_toml(cls, text: str):
+    return from_dict(cls, tomllib.loads(text))
+
+
+def load_toml(cls, path: str | Path):
+    return loads_toml(cls, Path(path).read_text())
+
+
+__all__ = [
+    "CROPS", "DATASETS", "DataConfig", "SubsetConfig", "dumps_toml", "field", "from_dict",
+    "load_toml", "loads_toml", "to_dict",
+]

@@ -1,0 +1,1 @@
+"""Data layer: sources -> cached uint8 arrays -> nested/disjoint subsets -> batches."""

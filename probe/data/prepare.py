@@ -1,0 +1,210 @@
+"""Turn a source into a cached uint8 array [count, size, size, channels] plus its manifest.
+
+The cache directory is complete exactly when `manifest.json` exists: the array and partition
+codes are written atomically first, the manifest last, so a killed run leaves the old cache (or
+none) and never a half-written one. The array is read back memory-mapped, so training never
+decodes an image per step and large sets stay on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from probe import artifacts
+from probe.artifacts import Artifacts
+from probe.config import CROPS, DataConfig, to_dict
+from probe.data.sources import PARTITIONS, Item, open_source
+from probe.errors import ProbeError
+
+MANIFEST = "manifest.json"
+IMAGES = "images.npy"
+PARTITION = "partition.npy"
+KEYS = "keys.txt"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared data set: memory-mapped images, partition codes and the manifest."""
+
+    directory: Path
+    manifest: dict
+
+    @property
+    def images(self) -> np.ndarray:
+        return np.load(self.directory / IMAGES, mmap_mode="r")
+
+    @property
+    def partition(self) -> np.ndarray:
+        return np.load(self.directory / PARTITION)
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest["sha256"]
+
+
+def data_key(cfg: DataConfig, channels: int) -> str:
+    parts = [cfg.dataset, f"{cfg.size}px", f"{channels}ch", cfg.crop]
+    if cfg.dataset in ("disks", "c-alpha", "patches"):
+        parts += [f"n{cfg.count or 10_000}", f"g{cfg.generator_seed}"]
+    if cfg.dataset == "c-alpha":
+        parts.append(f"a{cfg.alpha:g}")
+    if cfg.classes:
+        parts.append("cls-" + artifacts.sha256_json(sorted(cfg.classes))[:8])
+    if cfg.root:
+        parts.append("root-" + artifacts.sha256_bytes(str(Path(cfg.root).resolve()).encode())[:8])
+    if cfg.dedup is not None:
+        parts.append(f"dedup{cfg.dedup:g}")
+    return "-".join(parts)
+
+
+def crop_box(width: int, height: int, crop: str) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the region kept before resizing; None keeps everything."""
+    if crop == "none":
+        return None
+    if crop == "center":
+        side = min(width, height)
+    elif crop == "dit":  # the DiT/ADM CelebA recipe: the centred 140x140 square
+        side = 140
+        if min(width, height) < side:
+            raise ValueError(f"image is {width}x{height}, smaller than the 140 px 'dit' crop")
+    elif crop == "kadkhodaie":  # rows 29:-29, cols 9:-9 of a 178x218 aligned CelebA face
+        if width <= 18 or height <= 58:
+            raise ValueError(f"image is {width}x{height}, too small for the 'kadkhodaie' crop")
+        return (9, 29, width - 9, height - 29)
+    else:
+        raise ValueError(f"unknown crop {crop!r}")
+    left, top = (width - side) // 2, (height - side) // 2
+    return (left, top, left + side, top + side)
+
+
+def to_array(image: Image.Image, size: int, channels: int, crop: str, resize: bool = True
+             ) -> np.ndarray:
+    """Crop, resize (box-reduce then bicubic, as ADM/DiT do) and set channels -> uint8 HWC."""
+    image = image.convert("RGB")
+    if resize:
+        box = crop_box(image.width, image.height, crop)
+        if box is not None:
+            image = image.crop(box)
+        while min(image.size) >= 2 * size:
+            image = image.reduce(2)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BICUBIC)
+    rgb = np.asarray(image, dtype=np.uint8)
+    if channels == 1:  # grayscale as the plain mean of RGB (Kadkhodaie et al.), not luma weights
+        return np.round(rgb.astype(np.float32).mean(axis=2, keepdims=True)).astype(np.uint8)
+    return rgb
+
+
+def _decode(item: Item, cfg: DataConfig, channels: int, resize: bool) -> np.ndarray:
+    try:
+        with item.load() as image:
+            return to_array(image, cfg.size, channels, cfg.crop, resize)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ProbeError(f"corrupt or unreadable image {item.key}: {exc}") from None
+
+
+def load_prepared(directory: Path) -> Prepared | None:
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    return Prepared(directory, artifacts.read_json(manifest_path))
+
+
+def dedup_keep(images: np.ndarray, threshold: float, chunk: int = 4096) -> np.ndarray:
+    """Indices to keep after dropping one image of each pair whose mean-removed 20x20 thumbnails
+    correlate above `threshold` (Kadkhodaie et al.). Greedy in index order: an image is dropped
+    when it correlates with an earlier image that was kept."""
+    thumbs = np.stack([
+        np.asarray(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img)
+                   .convert("L").resize((20, 20), Image.BILINEAR), np.float32).ravel()
+        for img in images])
+    thumbs -= thumbs.mean(1, keepdims=True)
+    norms = np.linalg.norm(thumbs, axis=1, keepdims=True)
+    thumbs /= np.where(norms > 0, norms, 1)
+    n = len(thumbs)
+    dropped = np.zeros(n, bool)
+    for start in range(0, n, chunk):
+        block = thumbs[start : start + chunk] @ thumbs.T  # [chunk, n]
+        for row in range(block.shape[0]):
+            i = start + row
+            if dropped[i]:
+                continue
+            later = np.nonzero(block[row, i + 1 :] > threshold)[0] + i + 1
+            dropped[later] = True
+    return np.nonzero(~dropped)[0]
+
+
+def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int | None = None,
+            log=None) -> Prepared:
+    """Prepare (or reuse the cache of) `cfg`'s data set and return it."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if cfg.crop not in CROPS:
+        raise ProbeError(f"unknown crop {cfg.crop!r}; choose from {', '.join(CROPS)}")
+    if cfg.size < 2:
+        raise ProbeError(f"--size must be at least 2, got {cfg.size}")
+    if cfg.channels not in (None, 1, 3):
+        raise ProbeError(f"--channels must be 1 or 3, got {cfg.channels}")
+    if cfg.dedup is not None and not 0 < cfg.dedup <= 1:
+        raise ProbeError(f"--dedup must be in (0, 1], got {cfg.dedup}")
+    source = open_source(cfg)
+    channels = cfg.channels or source.channels
+    directory = store.data_dir(data_key(cfg, channels))
+    cached = load_prepared(directory)
+    if cached is not None:
+        return cached
+
+    items = source.items
+    count, size = len(items), cfg.size
+    log(f"preparing {cfg.dataset}: {count} images -> {size}x{size}x{channels}")
+    directory.mkdir(parents=True, exist_ok=True)
+    with artifacts.atomic_path(directory / IMAGES) as tmp:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                           shape=(count, size, size, channels))
+        resize = not source.native_size
+        # Pillow releases the GIL while decoding and resizing, so threads scale over cores.
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            decoded = pool.map(lambda it: _decode(it, cfg, channels, resize), items,
+                               chunksize=64)
+            for i, array in enumerate(decoded):
+                images[i] = array
+        partition = np.array([PARTITIONS.index(it.partition) for it in items], np.uint8)
+        keys = [it.key for it in items]
+        if cfg.dedup is not None:
+            keep = dedup_keep(images, cfg.dedup)
+            log(f"dedup {cfg.dedup:g}: kept {len(keep)} of {count}")
+            kept = np.lib.format.open_memmap(str(tmp) + ".dedup.npy", mode="w+", dtype=np.uint8,
+                                             shape=(len(keep), size, size, channels))
+            kept[:] = images[keep]
+            kept.flush()
+            del images
+            os.replace(str(tmp) + ".dedup.npy", tmp)
+            images = np.load(tmp, mmap_mode="r")
+            partition, keys = partition[keep], [keys[i] for i in keep]
+        images.flush() if hasattr(images, "flush") else None
+        digest = artifacts.sha256_array(images)
+        del images
+    with artifacts.atomic_path(directory / PARTITION) as tmp:
+        np.save(tmp, partition)
+    artifacts.write_text(directory / KEYS, "\n".join(keys) + "\n")
+    counts = {name: int((partition == code).sum()) for code, name in enumerate(PARTITIONS)}
+    manifest = {
+        "source": cfg.dataset,
+        "root": str(Path(cfg.root).resolve()) if cfg.root else None,
+        "config": to_dict(cfg),
+        "count": len(partition),
+        "partitions": counts,
+        "size": size,
+        "channels": channels,
+        "crop": cfg.crop,
+        "sha256": digest,
+        "command": command,
+    }
+    artifacts.write_json(directory / MANIFEST, manifest)
+    return Prepared(directory, manifest)
