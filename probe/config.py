@@ -108,7 +108,54 @@ def load_toml(cls, path: str | Path):
     return loads_toml(cls, Path(path).read_text())
 
 
-__all__ = [
-    "CROPS", "DATASETS", "DataConfig", "SubsetConfig", "dumps_toml", "field", "from_dict",
-    "load_toml", "loads_toml", "to_dict",
-]
+
+
+# --------------------------------------------------------------------------------------- model
+
+OBJECTIVES = ("ddpm", "edm", "blind")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A backbone: a zoo preset plus what the data decides (size, channels, classes)."""
+
+    arch: str = "dit-xs/2"  # a preset name from `probe models list`
+    image_size: int = 32
+    channels: int = 1
+    num_classes: int = 0  # 0: unconditional
+    learn_sigma: bool = False  # ddpm: also predict the variance (2C outputs, iDDPM hybrid loss)
+    windows: tuple[str, ...] = ()  # local attention windows, "LAYERS:SIZE", e.g. "0-3:5"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained on one subset."""
+
+    n: int = 1000
+    split: str = "a"  # a | b
+    objective: str = "ddpm"
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 1e-4  # AdamW, DiT recipe
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # EMA decay min(decay, (1 + step) / (10 + step)) early on
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: bool = False  # keep every periodic checkpoint (training-image influence)
+    log_every: int = 50
+    sample_grid: int = 16  # images in the final sample grid (0: none)
+    sample_steps: int = 50
+    compile: str = "auto"  # auto (on CUDA) | on | off
+    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that made a run: written as its config.json, read back by every probe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    subsets: SubsetConfig = field(default_factory=SubsetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

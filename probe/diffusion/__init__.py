@@ -1,0 +1,1 @@
+"""Noise schedules, training losses and samplers: pure functions over the Denoiser interface."""

@@ -1,0 +1,162 @@
+"""Multi-head self-attention on a token grid: global or local 2-D windows, two backends.
+
+- `sdpa` (training): PyTorch's fused scaled-dot-product attention. A windowed layer runs
+  block-sparse instead (`WindowTiles`): queries are cut into tiles, and each tile attends only to
+  the halo of keys its windows can reach, so a 5x5 window on a 32x32 grid scores ~7x fewer pairs.
+- `explicit` (probing): the softmax is materialised and passed through the `pattern` hook point
+  ([batch, head, query, key]); it is also the path torch.func transforms (vmap/vjp) go through.
+
+A window of size w keeps, for a query at (y, x), the keys at |dy| <= w//2 and |dx| <= w//2 (a w x w
+square centred on the query, clipped at the borders). Both backends compute the same function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe.models.hooks import HookPoint
+
+BACKENDS = ("sdpa", "explicit")
+TILE = 8  # query tile side of the block-sparse window path
+
+
+def window_mask(height: int, width: int, window: int, device=None) -> torch.Tensor:
+    """Bool [L, L]: True where query (row) may attend to key (column)."""
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                            indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    radius = window // 2
+    return ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)
+
+
+def token_distances(height: int, width: int) -> torch.Tensor:
+    """Euclidean distance in tokens between every query and key position, [L, L]."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
+    return torch.cdist(pos, pos)
+
+
+def explicit_attention(q, k, v, pattern: HookPoint | None = None, mask=None, bias=None,
+                       scale: float | None = None):
+    """softmax(q k^T * scale + bias, masked) v with the probabilities passed through `pattern`.
+
+    q, k, v: [B, heads, L, d]; mask: bool [.., L, L] (True = may attend); bias: float [.., L, L].
+    """
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if pattern is not None:
+        probs = pattern(probs)
+    return probs @ v
+
+
+class WindowTiles(nn.Module):
+    """Block-sparse local attention for one grid and window size (the fast training path).
+
+    The grid is padded to whole TILE x TILE query tiles; each tile's keys are the (TILE + 2r)^2
+    halo around it, taken as an `unfold` view of the padded grid (one copy, cheap backward), and
+    the tile's small softmax runs in plain batched matmuls. An additive mask removes keys outside
+    each query's window and the padding, so the result equals masked global attention exactly.
+    Measured on CPU at 32x32 tokens, 5x5 windows: ~1.7x faster than global fused SDPA, fwd+bwd,
+    and faster than SDPA with the same tile mask (CPU SDPA gains nothing from small masked blocks).
+    """
+
+    def __init__(self, height: int, width: int, window: int):
+        super().__init__()
+        self.height, self.width, self.radius = height, width, window // 2
+        t = self.tile = min(TILE, max(height, width))
+        r = self.radius
+        self.tiles_y, self.tiles_x = math.ceil(height / t), math.ceil(width / t)
+        halo = t + 2 * r
+        # Query offset within its tile vs key offset within the halo, shared by every tile.
+        qy, qx = (a.flatten() for a in torch.meshgrid(torch.arange(t), torch.arange(t),
+                                                       indexing="ij"))
+        ky, kx = (a.flatten() - r for a in torch.meshgrid(torch.arange(halo), torch.arange(halo),
+                                                           indexing="ij"))
+        near = ((qy[:, None] - ky[None]).abs() <= r) & ((qx[:, None] - kx[None]).abs() <= r)
+        oy = torch.arange(self.tiles_y)[:, None] * t  # tile origins
+        ox = torch.arange(self.tiles_x)[None, :] * t
+        key_y, key_x = oy[..., None] + ky, ox[..., None] + kx  # [ty, 1, halo^2], [1, tx, halo^2]
+        key_inside = ((key_y >= 0) & (key_y < height) & (key_x >= 0) & (key_x < width))
+        query_inside = ((oy[..., None] + qy < height) & (ox[..., None] + qx < width))
+        allowed = near & key_inside.reshape(-1, 1, halo * halo)  # [tiles, t*t, halo^2]
+        # Padding queries (output discarded) attend everywhere so no softmax row is empty.
+        allowed |= ~query_inside.reshape(-1, t * t, 1)
+        bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, q, k, v):
+        """q, k, v: [B, heads, L, d] on the grid -> [B, heads, L, d]."""
+        b, h, _, d = q.shape
+        t, r = self.tile, self.radius
+        ty, tx = self.tiles_y, self.tiles_x
+        pad_y, pad_x = ty * t - self.height, tx * t - self.width
+        halo = t + 2 * r
+
+        def on_grid(x, pad):  # [B, h, L, d] -> [B*h, H', W', d], zero-padded
+            return F.pad(x.reshape(b * h, self.height, self.width, d), (0, 0, *pad))
+
+        qt = on_grid(q, (0, pad_x, 0, pad_y)).reshape(b * h, ty, t, tx, t, d)
+        qt = qt.transpose(2, 3).reshape(b * h, ty * tx, t * t, d)
+
+        def halos(x):  # [B*h, tiles, halo^2, d]
+            grid = on_grid(x, (r, pad_x + r, r, pad_y + r))
+            view = grid.unfold(1, halo, t).unfold(2, halo, t)  # [B*h, ty, tx, d, halo, halo]
+            return view.permute(0, 1, 2, 4, 5, 3).reshape(b * h, ty * tx, halo * halo, d)
+
+        scores = (qt * d**-0.5) @ halos(k).transpose(-1, -2) + self.bias
+        out = scores.softmax(-1) @ halos(v)  # [B*h, tiles, t*t, d]
+        out = out.reshape(b * h, ty, tx, t, t, d).transpose(2, 3).reshape(b, h, ty * t, tx * t, d)
+        return out[:, :, : self.height, : self.width].reshape(b, h, self.height * self.width, d)
+
+
+class Attention(nn.Module):
+    """Self-attention over a `grid` of tokens with an optional local window and a hook point."""
+
+    def __init__(self, dim: int, heads: int, grid: tuple[int, int], window: int = 0,
+                 qkv_bias: bool = True, backend: str = "sdpa"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.grid, self.window, self.backend = heads, grid, window, backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.pattern = HookPoint()
+        self.heads_out = HookPoint()  # [B, head, token, head_dim], before the output projection
+        if window:
+            self.register_buffer("mask", window_mask(*grid, window), persistent=False)
+            self.tiles = WindowTiles(*grid, window)
+        else:
+            self.mask = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if self.backend == "explicit" or self.pattern.active:
+            out = explicit_attention(q, k, v, self.pattern, mask=self.mask)
+        elif self.window:
+            out = self.tiles(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = self.heads_out(out)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def set_backend(model: nn.Module, backend: str) -> str:
+    """Switch every attention module of `model` to `backend`; returns the previous one."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}")
+    previous = "sdpa"
+    for module in model.modules():
+        if hasattr(module, "backend") and isinstance(getattr(module, "backend"), str):
+            previous = module.backend
+            module.backend = backend
+    return previous
