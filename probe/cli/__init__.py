@@ -48,8 +48,13 @@ def cli(ctx: click.Context, artifacts_root: str) -> None:
 
 
 def _register() -> None:
-    # Each command family lives in its own module and adds itself to `cli`.
-    from probe.cli import data  # noqa: F401
+    # Each command family lives in its own module of this package and adds itself to `cli`.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "options":
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 _register()

@@ -24,11 +24,12 @@ SIGMA_DATA = 0.5  # EDM's data standard deviation on the [-1, 1] scale
 
 class Denoiser(nn.Module):
     def __init__(self, backbone: nn.Module, objective: str = "ddpm", channels: int = 1,
-                 schedule: LinearSchedule | None = None):
+                 image_size: int | None = None, schedule: LinearSchedule | None = None):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}")
         self.backbone, self.objective, self.channels = backbone, objective, channels
+        self.image_size = image_size  # what samplers draw; None where the caller decides
         self.schedule = schedule or LinearSchedule()
 
     @property

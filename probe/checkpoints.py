@@ -1,0 +1,120 @@
+"""Weights in safetensors (config in the metadata), training state loaded with weights_only=True.
+
+A periodic checkpoint is a directory `checkpoints/step-XXXXXXX/` (model, EMA, optimizer state)
+written under a temporary name and renamed into place, so it is either complete or absent; the
+newest complete one is where a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from probe import artifacts
+from probe.errors import ProbeError
+
+PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value.detach().cpu().contiguous()
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def save_weights(path: Path, model: nn.Module, metadata: dict) -> None:
+    """Atomic safetensors save; metadata values are JSON strings (safetensors takes str only)."""
+    state = clean_state_dict(unwrap(model).state_dict())
+    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            for k, v in metadata.items()}
+    with artifacts.atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def read_metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    out = {}
+    for key, value in meta.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load into `model`, with a one-line error when the checkpoint is another architecture."""
+    try:
+        state = clean_state_dict(load_file(str(path)))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise ProbeError(f"cannot read weights {path}: {exc}") from None
+    target = unwrap(model)
+    own = target.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        arch = read_metadata(path).get("arch", "another architecture")
+        detail = (missing or unexpected or shapes)[0]
+        raise ProbeError(f"{path} holds {arch}, which does not fit this model "
+                         f"(first mismatch: {detail})")
+    target.load_state_dict(state)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: nn.Module,
+                    optimizer: torch.optim.Optimizer, metadata: dict, keep: bool) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    try:
+        meta = {**metadata, "step": step}
+        save_weights(tmp / "model.safetensors", model, meta)
+        save_weights(tmp / "ema.safetensors", ema, meta)
+        with artifacts.atomic_path(tmp / "state.pt") as state_tmp:
+            torch.save({"step": step, "optimizer": optimizer.state_dict()}, state_tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    if not keep:
+        for old in checkpoints(run_dir):
+            if old != final:
+                shutil.rmtree(old)
+    return final
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete periodic checkpoints, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
+
+
+def load_state(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)

@@ -1,0 +1,134 @@
+"""`probe train-split` and `probe models list | hooks`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from probe.cli import cli
+from probe.cli.options import command_line, data_options, dry_run_option, print_config
+from probe.config import OBJECTIVES, ModelConfig, RunConfig, SubsetConfig, TrainConfig
+
+_T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
+
+
+@cli.command("train-split")
+@click.option("--n", "ns", type=click.IntRange(1), multiple=True, required=True,
+              help="Training-subset size; repeat to train several.")
+@data_options
+@click.option("--arch", default=_M.arch, help="Model preset (`probe models list`).")
+@click.option("--split", type=click.Choice(["a", "b", "both"]), default="a",
+              help="Subset split: a (nested), b (disjoint twin) or both.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=_T.objective)
+@click.option("--window", "windows", multiple=True,
+              help="Local attention window LAYERS:SIZE, e.g. 0-3:5 (repeatable).")
+@click.option("--learn-sigma", is_flag=True, help="ddpm: also learn the variance.")
+@click.option("--steps", type=click.IntRange(1), default=_T.steps)
+@click.option("--batch", type=click.IntRange(1), default=_T.batch)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_T.lr)
+@click.option("--weight-decay", type=click.FloatRange(0), default=_T.weight_decay)
+@click.option("--ema-decay", type=click.FloatRange(0, 1), default=_T.ema_decay)
+@click.option("--grad-clip", type=click.FloatRange(0), default=_T.grad_clip,
+              help="Clip the gradient norm (0: off).")
+@click.option("--seed", type=int, default=_T.seed, help="Model and training seed.")
+@click.option("--subset-seed", type=int, default=_S.seed, help="Subset permutation seed.")
+@click.option("--test-size", type=click.IntRange(0), default=_S.test_size)
+@click.option("--checkpoint-every", type=click.IntRange(1), default=_T.checkpoint_every)
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep every periodic checkpoint (needed by `attribution --influence`).")
+@click.option("--log-every", type=click.IntRange(1), default=_T.log_every)
+@click.option("--sample-grid", type=click.IntRange(0), default=_T.sample_grid,
+              help="Samples in the final grid PNG (0: none).")
+@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]),
+              default=_T.compile, help="torch.compile (auto: on CUDA).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=_T.precision,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue this run directory (its architecture must match --arch).")
+@dry_run_option
+@click.pass_obj
+def train_split(store, ns, data_config, arch, split, objective, windows, learn_sigma, steps,
+                batch, lr, weight_decay, ema_decay, grad_clip, seed, subset_seed, test_size,
+                checkpoint_every, keep_checkpoints, log_every, sample_grid, compile_,
+                precision, resume, dry_run):
+    """Train denoisers on nested subsets; prints `run: PATH` for each run."""
+    from probe.data.prepare import prepare
+    from probe.models import zoo
+    from probe.train import resolve, train_run
+
+    zoo.preset(arch)  # unknown arch: one line, before any work
+    splits = ("a", "b") if split == "both" else (split,)
+    if resume and (len(ns) > 1 or len(splits) > 1):
+        raise click.UsageError("--resume continues one run: give one --n and one --split")
+    configs = []
+    for n in ns:
+        for s in splits:
+            configs.append(RunConfig(
+                data=data_config,
+                subsets=SubsetConfig(ns=tuple(sorted(set(ns))), seed=subset_seed,
+                                     test_size=test_size),
+                model=dataclasses.replace(_M, arch=arch, learn_sigma=learn_sigma,
+                                          windows=tuple(windows)),
+                train=TrainConfig(n=n, split=s, objective=objective, steps=steps, batch=batch,
+                                  lr=lr, weight_decay=weight_decay, ema_decay=ema_decay,
+                                  grad_clip=grad_clip, seed=seed,
+                                  checkpoint_every=checkpoint_every,
+                                  keep_checkpoints=keep_checkpoints, log_every=log_every,
+                                  sample_grid=sample_grid, compile=compile_,
+                                  precision=precision)))
+    for c in configs:  # validate the model (windows vs grid, ...) before any work
+        zoo.build(dataclasses.replace(c.model, image_size=data_config.size,
+                                      channels=data_config.channels or 1))
+    prepared = prepare(data_config, store, command_line())
+    resolved = [resolve(c, prepared) for c in configs]
+    if dry_run:
+        for c in resolved:
+            print_config(c)
+        return
+    for c in resolved:
+        run_dir = train_run(c, store, command_line(), resume=resume)
+        click.echo(f"run: {run_dir}")
+
+
+@cli.group()
+def models() -> None:
+    """The model zoo."""
+
+
+@models.command("list")
+@click.option("--image-size", type=click.IntRange(2), default=32)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="1")
+@click.option("--family", default=None, help="Only this family (dit, unet, ...).")
+@click.option("--no-macs", is_flag=True, help="Skip counting MACs (faster for large models).")
+def list_cmd(image_size, channels, family, no_macs):
+    """Print every preset: parameters and MACs per image."""
+    from probe.models import zoo
+
+    click.echo(f"{'name':22s} {'family':8s} {'params':>12s} {'MACs/image':>14s}  description")
+    for name, p in zoo.PRESETS.items():
+        if family and p.family != family:
+            continue
+        cfg = ModelConfig(arch=name, image_size=image_size, channels=int(channels))
+        try:
+            model = zoo.build(cfg)
+        except Exception as exc:  # a preset that does not fit this image size
+            click.echo(f"{name:22s} {p.family:8s} {'-':>12s} {'-':>14s}  ({exc})")
+            continue
+        macs = "-" if no_macs else f"{zoo.macs_per_image(model, cfg):,}"
+        click.echo(f"{name:22s} {p.family:8s} {zoo.count_parameters(model):>12,} {macs:>14s}"
+                   f"  {p.description}")
+
+
+@models.command("hooks")
+@click.argument("arch")
+@click.option("--image-size", type=click.IntRange(2), default=32)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="1")
+def hooks_cmd(arch, image_size, channels):
+    """List the hook points of a preset."""
+    from probe.models import zoo
+    from probe.models.hooks import hook_points
+
+    model = zoo.build(ModelConfig(arch=arch, image_size=image_size, channels=int(channels)))
+    for name in hook_points(model):
+        click.echo(name)

@@ -1,0 +1,1 @@
+"""Figures and summaries, drawn only from files that probes and metrics wrote."""

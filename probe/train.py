@@ -1,0 +1,268 @@
+"""The training loop of `probe train-split`: one denoiser on one subset, resumable.
+
+Determinism is what makes resume exact: the batch at step s is a pure function of (seed, s)
+(`StepBatches`), the global RNG is reseeded from (seed, s) before every step, and the optimiser
+and EMA state are checkpointed. So a killed run, resumed from its last checkpoint, ends with
+the same weights as an uninterrupted one (on CPU; tested).
+
+CUDA, bf16 autocast and torch.compile switch on by themselves when a GPU is present; launched
+under torchrun / `accelerate launch` (WORLD_SIZE > 1) it runs DDP, each rank taking its slice of
+every global batch, with rank 0 writing all files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from probe import artifacts, checkpoints
+from probe.artifacts import Artifacts
+from probe.config import RunConfig, to_dict
+from probe.data.loader import StepBatches, to_uint8
+from probe.data.prepare import Prepared, prepare
+from probe.data.subsets import max_n, subset_indices, write_subsets
+from probe.diffusion.losses import training_loss
+from probe.diffusion.samplers import default_sigmas, euler
+from probe.errors import ProbeError
+from probe.models import zoo
+from probe.models.denoiser import Denoiser
+from probe.report.images import save_grid
+
+CONFIG = "config.json"
+STATS = "stats.jsonl"
+SUBSET = "subset.json"
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Readable and deterministic: rerunning the same command finds (and resumes) the same run."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    name = f"{d.dataset}{d.size}-{m.arch.replace('/', 'p')}-n{t.n}{t.split}-{t.objective}"
+    if m.windows:
+        name += "-w" + "_".join(w.replace(":", "x").replace("-", "to") for w in m.windows)
+    return f"{name}-s{t.seed}-{artifacts.sha256_json(to_dict(cfg))[:8]}"
+
+
+def resolve(cfg: RunConfig, prepared: Prepared) -> RunConfig:
+    """Fill in what the data decides: image size and channels."""
+    model = dataclasses.replace(cfg.model, image_size=prepared.manifest["size"],
+                                channels=prepared.manifest["channels"])
+    return dataclasses.replace(cfg, model=model)
+
+
+def build_denoiser(cfg: RunConfig) -> Denoiser:
+    return Denoiser(zoo.build(cfg.model), cfg.train.objective, cfg.model.channels,
+                    cfg.model.image_size)
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def ema_decay(cfg, step: int) -> float:
+    if not cfg.ema_warmup:
+        return cfg.ema_decay
+    return min(cfg.ema_decay, (1 + step) / (10 + step))
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
+    """A run directory may be resumed only by the configuration that made it (steps may grow)."""
+    saved = artifacts.read_json(run_dir / CONFIG)
+    if saved["model"].get("arch") != cfg.model.arch:
+        raise ProbeError(f"{run_dir} is a checkpoint of {saved['model'].get('arch')}, "
+                         f"not {cfg.model.arch}")
+    mine = to_dict(cfg)
+    for section in ("data", "model"):
+        if saved[section] != mine[section]:
+            raise ProbeError(f"{run_dir} was trained with another {section} configuration")
+
+
+def sample_grid(denoiser: Denoiser, count: int, steps: int, seed: int, device) -> torch.Tensor:
+    c, s = denoiser.channels, denoiser.image_size
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(count, c, s, s, generator=generator).to(device)
+    return euler(denoiser, noise, default_sigmas(denoiser, steps))
+
+
+def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path | None = None,
+              log=None, progress: bool = True) -> Path:
+    """Train (or resume, or find finished) the run described by `cfg`; returns its directory."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    rank, world = _distributed()
+    t = cfg.train
+    if t.split not in ("a", "b"):
+        raise ProbeError(f"--split must be a or b, got {t.split!r}")
+    if t.n <= 0:
+        raise ProbeError(f"--n must be positive, got {t.n}")
+    if t.batch % world:
+        raise ProbeError(f"--batch {t.batch} is not divisible by {world} processes")
+
+    prepared = prepare(cfg.data, store, command)
+    cfg = resolve(cfg, prepared)
+    doc_path, doc = write_subsets(prepared, dataclasses.replace(
+        cfg.subsets, ns=tuple(sorted({*cfg.subsets.ns, t.n}))))
+    indices = subset_indices(doc, t.split, t.n)
+    if len(indices) != t.n:
+        raise ProbeError(f"N={t.n} is not available: split {t.split} holds at most "
+                         f"{max_n(doc['pool_size'], t.split)}")
+
+    run_dir = Path(resume) if resume else store.run_dir(run_id(cfg))
+    if resume:
+        if not (run_dir / CONFIG).is_file():
+            raise ProbeError(f"--resume {run_dir}: not a run directory (no {CONFIG})")
+        _check_resume(run_dir, cfg)
+    device = _device()
+    torch.manual_seed(t.seed)
+    denoiser = build_denoiser(cfg).to(device)
+    ema = copy.deepcopy(denoiser).requires_grad_(False).eval()
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    subset_doc = {"dataset": doc["dataset"], "data_sha256": doc["data_sha256"],
+                  "subsets_sha256": artifacts.sha256_file(doc_path), "split": t.split,
+                  "n": t.n, "indices": indices.tolist()}
+    config_doc = {**to_dict(cfg), "run_id": run_dir.name, "data_dir": str(prepared.directory),
+                  "data_sha256": prepared.sha256,
+                  "subset_sha256": artifacts.sha256_json(subset_doc["indices"]),
+                  "parameters": zoo.count_parameters(denoiser.backbone), "command": command}
+    metadata = {"arch": cfg.model.arch, "config": to_dict(cfg), "run_id": run_dir.name}
+
+    start = 0
+    done = checkpoints.checkpoints(run_dir)
+    if done:
+        last = done[-1]
+        checkpoints.load_weights(last / "model.safetensors", denoiser.backbone)
+        checkpoints.load_weights(last / "ema.safetensors", ema.backbone)
+        state = checkpoints.load_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        if start >= t.steps and (run_dir / "ema.safetensors").is_file():
+            log(f"{run_dir.name}: already trained ({start} steps)")
+            return run_dir
+        log(f"{run_dir.name}: resuming at step {start}")
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(run_dir / CONFIG, config_doc)
+        artifacts.write_json(run_dir / SUBSET, subset_doc)
+        _truncate_stats(run_dir / STATS, start)
+
+    images = prepared.images
+    batches = StepBatches(images, indices, t.batch // world, seed=t.seed, rank=rank, world=world)
+    # The loss sees a Denoiser view whose backbone is wrapped (DDP, torch.compile); the plain
+    # `denoiser` shares its parameters and is what gets saved.
+    backbone = denoiser.backbone
+    if world > 1:
+        backbone = nn.parallel.DistributedDataParallel(
+            backbone, device_ids=[device.index] if device.type == "cuda" else None)
+    use_cuda = device.type == "cuda"
+    if (t.compile == "on") or (t.compile == "auto" and use_cuda):
+        backbone = torch.compile(backbone)
+    model = denoiser if backbone is denoiser.backbone else \
+        Denoiser(backbone, denoiser.objective, denoiser.channels, denoiser.image_size,
+                 denoiser.schedule)
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and use_cuda)
+
+    bar = _progress(progress and rank == 0, start, t.steps, run_dir.name)
+    tick, seen = time.perf_counter(), 0
+    for step in range(start, t.steps):
+        torch.manual_seed(_step_seed(t.seed, step))
+        x0 = batches.batch(step).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = training_loss(model, x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(params, t.grad_clip) if t.grad_clip else None
+        optimizer.step()
+        update_ema(ema, denoiser, ema_decay(t, step))
+        seen += x0.shape[0] * world
+        done_steps = step + 1
+        if rank == 0 and (done_steps % t.log_every == 0 or done_steps == t.steps):
+            now = time.perf_counter()
+            record = {"step": done_steps, "loss": loss.item(), "lr": t.lr,
+                      "grad_norm": None if grad_norm is None else float(grad_norm),
+                      "images_per_s": seen / max(now - tick, 1e-9)}
+            _append_stats(run_dir / STATS, record)
+            tick, seen = now, 0
+            bar(done_steps, record["loss"])
+        if rank == 0 and (done_steps % t.checkpoint_every == 0 or done_steps == t.steps):
+            checkpoints.save_checkpoint(run_dir, done_steps, denoiser.backbone, ema.backbone,
+                                        optimizer, metadata, t.keep_checkpoints)
+    bar(None, None)
+    if rank == 0:
+        final = {**metadata, "step": t.steps}
+        checkpoints.save_weights(run_dir / "model.safetensors", denoiser.backbone, final)
+        if t.sample_grid:
+            samples = sample_grid(ema, t.sample_grid, t.sample_steps, t.seed, device)
+            save_grid(run_dir / "samples.png", to_uint8(samples))
+        # ema.safetensors last: its presence marks a finished run.
+        checkpoints.save_weights(run_dir / "ema.safetensors", ema.backbone, final)
+    if world > 1:
+        torch.distributed.barrier()
+    return run_dir
+
+
+def _truncate_stats(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()
+             and json.loads(ln)["step"] <= step]
+    artifacts.write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def _append_stats(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _progress(enabled: bool, start: int, total: int, name: str):
+    if not enabled:
+        return lambda *a: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, desc=name[:40], leave=False, file=sys.stderr,
+               mininterval=1.0, dynamic_ncols=True)
+    last = [start]
+
+    def update(step, loss):
+        if step is None:
+            bar.close()
+            return
+        bar.update(step - last[0])
+        last[0] = step
+        if loss is not None and math.isfinite(loss):
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+    return update
