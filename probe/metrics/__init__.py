@@ -1,0 +1,1 @@
+"""Metrics: arrays (HDF5) -> tidy tables. Metrics never plot."""

@@ -1,0 +1,1 @@
+"""Probes: model -> arrays -> HDF5 under probes/<run-id>/."""
