@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Small end-to-end run on the embedded MNIST digits: data -> train -> probes -> report.
 demo: $(STAMP)
-	$(BIN)/python -m probe.demo --artifacts $(ART)
+	$(BIN)/probe --artifacts $(ART) experiment experiments/demo.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
