@@ -26,7 +26,7 @@ def prepare_cmd(store, data_config, dry_run):
     """Cache a data set as a uint8 array with a manifest."""
     if dry_run:
         return print_config(data_config)
-    prepared = prepare(data_config, store, command_line())
+    prepared = prepare(data_config, store, command_line(), log=click.echo)
     m = prepared.manifest
     click.echo(f"data: {prepared.directory}  ({m['count']} images, {m['size']}x{m['size']}x"
                f"{m['channels']}, sha256 {m['sha256'][:12]})")
@@ -34,7 +34,7 @@ def prepare_cmd(store, data_config, dry_run):
 
 @data.command("subsets")
 @data_options
-@click.option("--n", "ns", type=int, multiple=True, required=True,
+@click.option("--n", "ns", type=click.IntRange(1), multiple=True, required=True,
               help="Subset size; repeat for several.")
 @click.option("--seed", type=int, default=_SUBSETS.seed, help="Permutation seed.")
 @click.option("--test-size", type=click.IntRange(0), default=_SUBSETS.test_size,
@@ -46,7 +46,7 @@ def subsets_cmd(store, data_config, ns, seed, test_size, dry_run):
     subset_config = SubsetConfig(ns=tuple(ns), seed=seed, test_size=test_size)
     if dry_run:
         return print_config(data_config, subset_config)
-    prepared = prepare(data_config, store, command_line())
+    prepared = prepare(data_config, store, command_line(), log=click.echo)
     path, _ = write_subsets(prepared, subset_config)
     click.echo(f"subsets: {path}")
 
@@ -56,7 +56,7 @@ def subsets_cmd(store, data_config, ns, seed, test_size, dry_run):
 @click.pass_obj
 def show_cmd(store, data_config):
     """Print a prepared data set's manifest and subsets as a table."""
-    prepared = prepare(data_config, store, command_line())
+    prepared = prepare(data_config, store, command_line(), log=click.echo)
     m = prepared.manifest
     click.echo(f"{prepared.directory}: {m['source']}, {m['count']} images "
                f"{m['size']}x{m['size']}x{m['channels']}, partitions {m['partitions']}")

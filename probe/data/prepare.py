@@ -9,7 +9,6 @@ decodes an image per step and large sets stay on disk.
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +104,15 @@ def to_array(image: Image.Image, size: int, channels: int, crop: str, resize: bo
 def _decode(item: Item, cfg: DataConfig, channels: int, resize: bool) -> np.ndarray:
     try:
         with item.load() as image:
+            image.load()  # decode now: a truncated file fails here, inside this handler
+            if resize:
+                try:
+                    crop_box(image.width, image.height, cfg.crop)
+                except ValueError as exc:
+                    raise ProbeError(f"cannot crop image {item.key}: {exc}") from None
             return to_array(image, cfg.size, channels, cfg.crop, resize)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
         raise ProbeError(f"corrupt or unreadable image {item.key}: {exc}") from None
 
 
@@ -117,7 +123,7 @@ def load_prepared(directory: Path) -> Prepared | None:
     return Prepared(directory, artifacts.read_json(manifest_path))
 
 
-def dedup_keep(images: np.ndarray, threshold: float, chunk: int = 4096) -> np.ndarray:
+def dedup_keep(images: np.ndarray, threshold: float, block_bytes: int = 1 << 28) -> np.ndarray:
     """Indices to keep after dropping one image of each pair whose mean-removed 20x20 thumbnails
     correlate above `threshold` (Kadkhodaie et al.). Greedy in index order: an image is dropped
     when it correlates with an earlier image that was kept."""
@@ -129,6 +135,7 @@ def dedup_keep(images: np.ndarray, threshold: float, chunk: int = 4096) -> np.nd
     norms = np.linalg.norm(thumbs, axis=1, keepdims=True)
     thumbs /= np.where(norms > 0, norms, 1)
     n = len(thumbs)
+    chunk = max(1, block_bytes // (4 * n))  # rows of the [chunk, n] correlation block
     dropped = np.zeros(n, bool)
     for start in range(0, n, chunk):
         block = thumbs[start : start + chunk] @ thumbs.T  # [chunk, n]
@@ -143,8 +150,11 @@ def dedup_keep(images: np.ndarray, threshold: float, chunk: int = 4096) -> np.nd
 
 def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int | None = None,
             log=None) -> Prepared:
-    """Prepare (or reuse the cache of) `cfg`'s data set and return it."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    """Prepare (or reuse the cache of) `cfg`'s data set and return it.
+
+    Progress goes to `log` (default: stdout), so that stderr carries nothing but errors.
+    """
+    log = log or (lambda msg: print(msg, flush=True))
     if cfg.crop not in CROPS:
         raise ProbeError(f"unknown crop {cfg.crop!r}; choose from {', '.join(CROPS)}")
     if cfg.size < 2:
@@ -160,14 +170,28 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
     if cached is not None:
         return cached
 
-    items = source.items
-    count, size = len(items), cfg.size
-    log(f"preparing {cfg.dataset}: {count} images -> {size}x{size}x{channels}")
+    log(f"preparing {cfg.dataset}: {len(source.items)} images -> {cfg.size}x{cfg.size}x"
+        f"{channels}")
+    fresh = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_cache(cfg, source.items, not source.native_size, channels, directory,
+                            command, workers, log)
+    except BaseException:
+        if fresh:  # a failed first attempt leaves no empty cache directory behind
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _write_cache(cfg: DataConfig, items: list[Item], resize: bool, channels: int,
+                 directory: Path, command: str, workers: int | None, log) -> Prepared:
+    count, size = len(items), cfg.size
     with artifacts.atomic_path(directory / IMAGES) as tmp:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                            shape=(count, size, size, channels))
-        resize = not source.native_size
         # Pillow releases the GIL while decoding and resizing, so threads scale over cores.
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             decoded = pool.map(lambda it: _decode(it, cfg, channels, resize), items,
@@ -179,15 +203,17 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
         if cfg.dedup is not None:
             keep = dedup_keep(images, cfg.dedup)
             log(f"dedup {cfg.dedup:g}: kept {len(keep)} of {count}")
-            kept = np.lib.format.open_memmap(str(tmp) + ".dedup.npy", mode="w+", dtype=np.uint8,
-                                             shape=(len(keep), size, size, channels))
-            kept[:] = images[keep]
-            kept.flush()
-            del images
-            os.replace(str(tmp) + ".dedup.npy", tmp)
+            with artifacts.atomic_path(tmp) as kept_tmp:  # replaces tmp only on success
+                kept = np.lib.format.open_memmap(kept_tmp, mode="w+", dtype=np.uint8,
+                                                 shape=(len(keep), size, size, channels))
+                for start in range(0, len(keep), 4096):
+                    kept[start : start + 4096] = images[keep[start : start + 4096]]
+                kept.flush()
+                del kept, images
             images = np.load(tmp, mmap_mode="r")
             partition, keys = partition[keep], [keys[i] for i in keep]
-        images.flush() if hasattr(images, "flush") else None
+        else:
+            images.flush()
         digest = artifacts.sha256_array(images)
         del images
     with artifacts.atomic_path(directory / PARTITION) as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -96,18 +97,29 @@ def celeba(cfg: DataConfig) -> Source:
     return Source(items, channels=3)
 
 
-def _lsun_value(root: str, key: bytes) -> Image.Image:
+def _lsun_env(root: str):
+    """One read-only environment per lmdb directory and process (lmdb forbids opening the same
+    environment twice in one process), shared by the decoding threads."""
     import lmdb
 
-    env = _LMDB_ENVS.get(root)
-    if env is None:
-        env = _LMDB_ENVS[root] = lmdb.open(root, readonly=True, lock=False, readahead=False,
-                                           max_readers=64)
-    with env.begin(write=False) as txn:
-        return Image.open(io.BytesIO(txn.get(key)))
+    with _LMDB_LOCK:
+        env = _LMDB_ENVS.get(root)
+        if env is None:
+            env = _LMDB_ENVS[root] = lmdb.open(root, readonly=True, lock=False, readahead=False,
+                                               max_readers=126)
+        return env
+
+
+def _lsun_value(root: str, key: bytes) -> Image.Image:
+    with _lsun_env(root).begin(write=False) as txn:
+        value = txn.get(key)
+    if value is None:
+        raise OSError("key vanished from the lmdb")
+    return Image.open(io.BytesIO(value))
 
 
 _LMDB_ENVS: dict = {}
+_LMDB_LOCK = threading.Lock()
 
 
 def lsun(cfg: DataConfig) -> Source:
@@ -118,12 +130,11 @@ def lsun(cfg: DataConfig) -> Source:
     if not (root / "data.mdb").is_file():
         raise ProbeError(f"no LSUN lmdb (data.mdb) in {root}")
     try:
-        env = lmdb.open(str(root), readonly=True, lock=False)
+        env = _lsun_env(str(root))
+        with env.begin(write=False) as txn:
+            keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
     except lmdb.Error as exc:
-        raise ProbeError(f"cannot open lmdb {root}: {exc}") from None
-    with env.begin(write=False) as txn:
-        keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
-    env.close()
+        raise ProbeError(f"cannot read lmdb {root}: {exc}") from None
     return Source([Item(k.decode("utf-8", "replace"), "train", partial(_lsun_value, str(root), k))
                    for k in keys], channels=3)
 
@@ -135,9 +146,12 @@ def imagenet(cfg: DataConfig) -> Source:
     wanted = set(cfg.classes)
     items = []
     for folder, partition in ((train, "train"), (root / "val", "test")):
-        if not folder.is_dir() or (partition == "test" and folder == train):
+        if not folder.is_dir():
             continue
-        classes = sorted(d for d in folder.iterdir() if d.is_dir())
+        # Without a train/ folder the class folders sit in the root beside val/: never take
+        # val/ for a training class, or its images would be in train and test at once.
+        classes = sorted(d for d in folder.iterdir() if d.is_dir()
+                         and not (folder == root and d.name == "val"))
         if wanted:
             missing = wanted - {d.name for d in classes}
             if partition == "train" and missing:
@@ -226,9 +240,13 @@ def patches(cfg: DataConfig) -> Source:
     photos = []
     for name in PATCH_PHOTOS:
         photo = np.asarray(getattr(skimage.data, name)())
+        if min(photo.shape[:2]) < cfg.size:
+            continue  # too small for a patch of this size
         if photo.ndim == 2:
             photo = np.repeat(photo[..., None], 3, axis=2)
         photos.append(photo[..., :3].astype(np.uint8))
+    if not photos:
+        raise ProbeError(f"patches of {cfg.size} px are larger than every shipped photo")
     count = cfg.count or 10_000
     rng = np.random.default_rng(cfg.generator_seed)
     out = np.empty((count, cfg.size, cfg.size, 3), np.uint8)

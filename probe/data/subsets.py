@@ -47,7 +47,7 @@ def make_subsets(partition: np.ndarray, cfg: SubsetConfig, dataset: str, data_sh
     test_code = PARTITIONS.index("test")
     own_test = np.nonzero(partition == test_code)[0]
     if len(own_test):
-        pool = np.nonzero(partition == PARTITIONS.index("train"))[0]
+        pool = np.nonzero(partition != test_code)[0]  # train + valid: every non-test image
         test = rng.permutation(own_test)[: cfg.test_size]
         pool = pool[rng.permutation(len(pool))]
     else:

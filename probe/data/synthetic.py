@@ -77,7 +77,7 @@ def holder_curve(n: int, alpha: float, rng: np.random.Generator, terms: int = 64
 
 def c_alpha(count: int, size: int, alpha: float, seed: int = 0, supersample: int = 4
             ) -> np.ndarray:
-    """Two constant intensities split by a C^alpha boundary, area-antialiased, random orientation."""
+    """Two constant intensities split by a C^alpha boundary, area-antialiased, randomly rotated."""
     if alpha <= 0:
         raise ValueError("alpha must be positive")
     rng = np.random.default_rng(seed)
