@@ -29,6 +29,7 @@ class Preset:
 
 FAMILIES = {  # family -> module with build(cfg, **kwargs)
     "dit": "probe.models.dit",
+    "unet": "probe.models.unet", "bf-unet": "probe.models.unet",  # build() dispatches on `kind`
 }
 PRESETS: dict[str, Preset] = {}
 
@@ -45,6 +46,27 @@ for _size, (_depth, _width, _heads) in DIT_SIZES.items():
         register(f"dit-{_size}/{_patch}", "dit",
                  f"DiT-{_size.upper()}/{_patch}: depth {_depth}, width {_width}, heads {_heads}",
                  depth=_depth, width=_width, heads=_heads, patch=_patch)
+
+# UNets (diffusers UNet2DModel). `attention` lists the levels with self-attention (level 0 = full
+# resolution, -1 = the lowest); the middle block always has it. unet-idm follows improved-diffusion
+# at 32x32: 128 channels x (1, 2, 2, 2), 2 res blocks per level, 4 heads, scale-shift norm.
+register("unet-idm", "unet", "improved-diffusion-like UNet: channels (128, 256, 256, 256), "
+         "2 blocks/level, attention at level 1 (16x16 at 32x32) and in the middle",
+         kind="unet", block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+         attention=(1,), attention_head_dim=64, norm_num_groups=32)
+register("unet-s", "unet", "small UNet for CPU: channels (64, 128, 128), 2 blocks/level, "
+         "attention at the lowest level and in the middle",
+         kind="unet", block_out_channels=(64, 128, 128), layers_per_block=2, attention=(-1,),
+         attention_head_dim=32, norm_num_groups=16)
+register("unet-xs", "unet", "tiny UNet for CPU and tests: channels (32, 64, 64), 1 block/level, "
+         "attention at the lowest level and in the middle",
+         kind="unet", block_out_channels=(32, 64, 64), layers_per_block=1, attention=(-1,),
+         attention_head_dim=32, norm_num_groups=8)
+# Bias-free blind UNet of Kadkhodaie et al. (ICLR 2024): use with objective "blind".
+register("bf-unet", "bf-unet", "bias-free blind UNet (Kadkhodaie et al.): 3 levels, channels "
+         "64/128/256, middle 512, 2 convs per block", kind="bf-unet", width=64)
+register("bf-unet-xs", "bf-unet", "bias-free blind UNet, 16 base channels (CPU and tests)",
+         kind="bf-unet", width=16)
 
 
 def preset(arch: str) -> Preset:
@@ -94,9 +116,43 @@ def macs_per_image(model: nn.Module, cfg: ModelConfig) -> int:
     """Multiply-accumulates of one forward pass on one image, from torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from probe.models.attention import set_backend
+
     x = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
     labels = torch.zeros(1, dtype=torch.long) if cfg.num_classes else None
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x, torch.ones(1), labels)
+    # The counter has no formula for CPU fused attention (it would count 0): count the explicit
+    # path, which does the same matmuls.
+    previous = set_backend(model, "explicit")
+    try:
+        with counter, torch.no_grad():
+            model(x, torch.ones(1), labels)
+    finally:
+        set_backend(model, previous)
     return counter.get_total_flops() // 2
+
+
+# U-DiT (Tian et al. 2405.02730): C, heads, blocks per level (enc1, enc2, latent, dec2, dec1), each
+# block two attention + feed-forward sub-layers; S/B/L as released. XS is ours, for CPUs and tests.
+FAMILIES["udit"] = "probe.models.udit"
+UDIT_SIZES = {"xs": (32, 2, (1, 1, 1, 1, 1)), "s": (96, 4, (2, 5, 8, 5, 2)),
+              "b": (192, 8, (2, 5, 8, 5, 2)), "l": (384, 16, (2, 5, 8, 5, 2))}
+for _size, (_width, _heads, _depth) in UDIT_SIZES.items():
+    register(f"udit-{_size}", "udit",
+             f"U-DiT-{_size.upper()}: C {_width}, heads {_heads}, "
+             f"blocks {'-'.join(map(str, _depth))}",
+             width=_width, heads=_heads, depth=_depth)
+
+# DiffiT (Hatamizadeh et al. 2312.02139): image-space U (C, width multipliers, ResBlocks per level)
+# and isotropic latent-style models (depth, width, heads, patch); latent-XL is the released size.
+FAMILIES["diffit"] = "probe.models.diffit"
+register("diffit-xs", "diffit", "DiffiT image-space U: C 32, mults 1-2-2, blocks 1-1-1, heads 2",
+         kind="image", width=32, mults=(1, 2, 2), blocks=(1, 1, 1), heads=2, norm_groups=8)
+register("diffit-s", "diffit",
+         "DiffiT image-space U: C 128, mults 1-2-2-2, blocks 2-2-2-2, heads 4",
+         kind="image", width=128, mults=(1, 2, 2, 2), blocks=(2, 2, 2, 2), heads=4)
+DIFFIT_LATENT_SIZES = {"xs": (4, 128, 4), "s": (12, 384, 6), "xl": (28, 1152, 16)}
+for _size, (_depth, _width, _heads) in DIFFIT_LATENT_SIZES.items():
+    register(f"diffit-latent-{_size}", "diffit",
+             f"latent DiffiT-{_size.upper()}/2: depth {_depth}, width {_width}, heads {_heads}",
+             kind="latent", depth=_depth, width=_width, heads=_heads, patch=2)
