@@ -159,3 +159,99 @@ class RunConfig:
     subsets: SubsetConfig = field(default_factory=SubsetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ------------------------------------------------------------------------------------- probes
+
+ATTENTION_STORES = ("all", "mean-heads", "none")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """`probe attention-locality`: which inputs, what is stored, and the output size limit."""
+
+    sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0)
+    images: int = 16  # fixed, seeded images per run
+    source: str = "test"  # test | train: the run's held-out set or its own training subset
+    seed: int = 0  # image choice and fixed noise (same for every run of a data set)
+    store: str = "all"  # all heads | mean-heads | none (metrics only)
+    max_gb: float = 2.0  # refuse to write more attention maps than this (uncompressed, 1e9 B)
+    queries: tuple[str, ...] = ("center",)  # figure queries: "center" or "y,x" (finest grid)
+    radii: tuple[int, ...] = (1, 2, 4)  # mass within these Chebyshev radii, in tokens
+    batch_mb: float = 256.0  # images per forward pass: as many as fit this many MB of maps
+
+
+# ------------------------------------------------------------------------------------ jacobian
+
+JACOBIAN_METHODS = ("auto", "full", "lanczos")
+
+
+@dataclass(frozen=True)
+class JacobianConfig:
+    """`probe jacobian-basis`: where J = dD(y, sigma)/dy is taken and how it is decomposed."""
+
+    sigmas: tuple[float, ...] = (0.05, 0.15, 0.5)
+    images: int = 4  # probe images per run
+    source: str = "test"  # test | train: where the probe images come from
+    method: str = "auto"  # full | lanczos | auto (full when d is small enough, see jacobian.py)
+    k: int = 64  # eigen- and singular vectors kept (and all that lanczos computes)
+    seed: int = 0  # choice of images and of the noise z in y = x + sigma z
+    probes: int = 64  # lanczos: Hutchinson probe vectors for the trace and asymmetry estimates
+    tol: float = 1e-6  # lanczos: ARPACK relative tolerance (float32 products are noisier)
+
+
+# --------------------------------------------------------------------------------- attribution
+
+ATTRIBUTION_METHODS = ("saliency", "integrated-gradients")
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """`probe attribution`: effective receptive fields, head importance, training-image influence.
+    """
+
+    sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
+    images: int = 8  # fixed, seeded probe images per run
+    source: str = "test"  # test | train: the run's held-out set or its own training subset
+    seed: int = 0  # image choice and fixed noise (same for every run of a data set)
+    pixels: tuple[str, ...] = ("center",)  # output pixels: center | grid | "x,y"
+    method: str = "saliency"  # saliency | integrated-gradients
+    ig_steps: int = 32  # integrated gradients: points on the path from the zero image
+    batch: int = 16  # images per forward pass (output pixels, ablations, per-sample gradients)
+    heads: bool = False  # head importance: loss change when one head's output is removed
+    influence: bool = False  # training-image influence (TracInCP over kept checkpoints)
+    samples: int = 16  # influence: generated samples to explain
+    sample_steps: int = 50  # influence: Euler (DDIM) steps per sample
+    influence_sigma: float = 0.25  # influence: noise level of the denoising loss
+
+
+# ------------------------------------------------------------------------------ generalization
+
+SAMPLER_CHOICES = ("ddim", "ddpm", "heun", "kadkhodaie")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """`probe sample`: images drawn from per-sample seeded noise (sample i uses (seed, i))."""
+
+    n: int = 64
+    sampler: str = "ddim"  # ddim | ddpm | heun | kadkhodaie
+    steps: int = 50  # kadkhodaie ignores it: it runs until its noise estimate is below sigma_inf
+    seed: int = 0
+    batch: int = 64
+
+
+@dataclass(frozen=True)
+class GeneralizationConfig:
+    """`probe generalization`: PSNR gap, memorization, reproducibility, FID/KID/PR."""
+
+    sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # on the [-1, 1] scale
+    images: int = 256  # fixed images per source (own training subset, held-out set) for PSNR
+    samples: int = 256
+    sampler: str = "ddim"
+    steps: int = 50
+    seed: int = 0  # seeds the image choice, the PSNR noise and the samples (sample i: (seed, i))
+    batch: int = 64
+    mean_removed: bool = False  # nearest neighbours / cosines after removing each image's mean
+    threshold: float = 0.9  # a pair of same-noise samples is "reproducible" above this cosine
+    fid_weights: str | None = None  # FID Inception state dict or TorchScript feature extractor

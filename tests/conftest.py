@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# The suite runs one xdist worker per core: more torch threads per worker oversubscribe the
+# cores, and OpenMP's spinning threads then make every op many times slower.
+torch.set_num_threads(1)
 
 # Partition codes of the fake CelebA (0 train, 1 valid, 2 test), one per image.
 DATA_CELEBA_CODES = (0, 0, 1, 0, 2, 0, 0, 1, 2, 0, 0, 2, 0, 0)
