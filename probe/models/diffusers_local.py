@@ -1,0 +1,219 @@
+"""A diffusers model saved with `save_pretrained` in a local folder, as a probe target.
+
+Researchers can probe checkpoints they already own: a `DiTTransformer2DModel` or a
+`UNet2DModel` folder (its `config.json` beside the weights), or a pipeline folder whose
+`model_index.json` names a `transformer/` or `unet/` sub-folder. Nothing is downloaded
+(`local_files_only`).
+
+The model is wrapped to the zoo's backbone contract (`forward(x, noise_cond, class_labels)`) and
+behind a `Denoiser` with the `ddpm` objective on the linear-beta schedule (how DiT and DDPM UNets
+are trained: epsilon prediction; a learned-variance half of the output is dropped). A class-
+conditional DiT is called with its null (classifier-free) class. Attention probabilities come out
+through hook points:
+
+- DiT: every `attn1` runs `HookedSelfAttention` (below): `transformer.transformer_blocks.{i}.
+  attn1.processor.pattern` [batch, head, query, key], tokens row-major over the patch grid;
+- UNet2DModel: probe.models.unet's `HookedAttnProcessor` (`unet.<path>.processor.pattern`).
+
+`ExternalRun` carries what a probe reads from a `probe.runs.Run` (denoiser, images, test
+indices, provenance); it has no training subset, so its N is unknown (None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe import artifacts
+from probe.errors import ProbeError
+from probe.models.attention import explicit_attention
+from probe.models.denoiser import Denoiser
+from probe.models.hooks import HookPoint
+
+CLASSES = ("DiTTransformer2DModel", "UNet2DModel")
+SUBFOLDERS = ("transformer", "unet")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+class HookedSelfAttention(nn.Module):
+    """Self-attention processor for a DiT's diffusers `Attention`, with a `pattern` hook point.
+
+    Computes what `AttnProcessor2_0` computes on 3-D token input without mask or cross
+    attention (q/k/v, optional q/k norms, output projection, residual, rescale): fused SDPA
+    normally, the explicit softmax while `pattern` is active or `backend` is "explicit".
+    """
+
+    def __init__(self, backend: str = "sdpa"):
+        super().__init__()
+        self.backend = backend
+        self.pattern = HookPoint()  # [B, head, query, key]
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        # diffusers inspects this signature to decide which keyword arguments to pass on.
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                temb=None):
+        if encoder_hidden_states is not None or attention_mask is not None \
+                or hidden_states.ndim != 3:
+            raise ProbeError("HookedSelfAttention handles unmasked self-attention on tokens only")
+        residual = hidden_states
+        b, n, _ = hidden_states.shape
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = (t.view(b, n, attn.heads, -1).transpose(1, 2) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if self.backend == "explicit" or self.pattern.active:
+            out = explicit_attention(q, k, v, self.pattern, scale=attn.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(b, n, -1)))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class DiffusersBackbone(nn.Module):
+    """A diffusers DiT or UNet behind the zoo contract: (x, noise_cond, labels) -> [B, C', H, W]."""
+
+    def __init__(self, model: nn.Module, class_name: str):
+        super().__init__()
+        self.class_name = class_name
+        self.null_class = None
+        if class_name == "DiTTransformer2DModel":
+            self.transformer = model
+            for module in model.modules():
+                if hasattr(module, "attn1"):
+                    module.attn1.set_processor(HookedSelfAttention())
+            tables = [m for m in model.modules() if type(m).__name__ == "LabelEmbedding"]
+            classes = model.config.num_embeds_ada_norm
+            # The classifier-free null row sits after the real classes when the table has it.
+            self.null_class = classes if tables and \
+                tables[0].embedding_table.num_embeddings > classes else 0
+        else:
+            try:
+                from probe.models.unet import hook_attention
+            except ImportError:
+                raise ProbeError("UNet2DModel support needs probe.models.unet") from None
+            self.unet = model
+            hook_attention(model)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.transformer if self.class_name == "DiTTransformer2DModel" else self.unet
+
+    def forward(self, x, noise_cond, class_labels=None):
+        if self.class_name == "DiTTransformer2DModel":
+            if class_labels is None:
+                class_labels = torch.full((x.shape[0],), self.null_class, dtype=torch.long,
+                                          device=x.device)
+            return self.transformer(x, noise_cond, class_labels).sample
+        if self.unet.config.num_class_embeds is None:
+            class_labels = None
+        return self.unet(x, noise_cond, class_labels).sample
+
+
+def model_folder(path: str | Path) -> tuple[Path, str]:
+    """The folder holding the model's config.json, and the model's class name."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ProbeError(f"--diffusers {path}: not a folder")
+    if not (path / "config.json").is_file() and (path / "model_index.json").is_file():
+        hits = [path / s for s in SUBFOLDERS if (path / s / "config.json").is_file()]
+        if not hits:
+            raise ProbeError(f"{path} is a pipeline without a transformer/ or unet/ model")
+        path = hits[0]
+    if not (path / "config.json").is_file():
+        raise ProbeError(f"--diffusers {path}: no config.json (save the model with "
+                         "save_pretrained)")
+    class_name = artifacts.read_json(path / "config.json").get("_class_name", "")
+    if class_name not in CLASSES:
+        raise ProbeError(f"{path} holds a {class_name or 'unknown model'}; supported: "
+                         f"{', '.join(CLASSES)}")
+    if not any((path / w).is_file() for w in WEIGHT_FILES):
+        raise ProbeError(f"{path} has no weights ({WEIGHT_FILES[0]})")
+    return path, class_name
+
+
+def load_backbone(path: str | Path) -> tuple[DiffusersBackbone, dict]:
+    """Load a local diffusers model (eval mode, no download) and describe it."""
+    import diffusers
+
+    folder, class_name = model_folder(path)
+    try:
+        model = getattr(diffusers, class_name).from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ProbeError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from None
+    cfg = model.config
+    weights = next(folder / w for w in WEIGHT_FILES if (folder / w).is_file())
+    info = {"folder": folder, "class_name": class_name, "weights": weights,
+            "image_size": int(cfg.sample_size if isinstance(cfg.sample_size, int)
+                              else cfg.sample_size[0]),
+            "channels": int(cfg.in_channels)}
+    backbone = DiffusersBackbone(model, class_name).eval().requires_grad_(False)
+    return backbone, info
+
+
+@dataclass
+class ExternalRun:
+    """A local diffusers model plus the data set it is probed on (the `Run` a probe reads)."""
+
+    directory: Path
+    arch: str
+    denoiser: Denoiser
+    weights: Path
+    checkpoint_sha256: str
+    prepared: object  # probe.data.prepare.Prepared
+    test_indices: np.ndarray
+    train_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    n: int | None = None
+    split: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.directory.name
+
+    def images(self, indices: np.ndarray) -> torch.Tensor:
+        from probe.data.loader import gather, to_model_range
+
+        return to_model_range(gather(self.prepared.images, np.asarray(indices, np.int64)))
+
+    def provenance(self) -> dict:
+        return {"run_id": self.run_id, "arch": self.arch, "n": self.n, "split": self.split,
+                "checkpoint": str(self.weights), "checkpoint_sha256": self.checkpoint_sha256,
+                "data_sha256": self.prepared.sha256, "subset_sha256": ""}
+
+
+def load_diffusers_run(path: str | Path, data_config, store, command: str = "") -> ExternalRun:
+    """A local diffusers model as a probe target on the data set `data_config` describes."""
+    from probe.config import SubsetConfig
+    from probe.data.prepare import prepare
+    from probe.data.subsets import make_subsets, read_subsets
+
+    backbone, info = load_backbone(path)
+    if data_config.size != info["image_size"]:  # before preparing a data set of the wrong size
+        raise ProbeError(f"{info['folder']} takes {info['image_size']}px images, not "
+                         f"{data_config.size}px (set --size)")
+    prepared = prepare(data_config, store, command)
+    size, channels = prepared.manifest["size"], prepared.manifest["channels"]
+    if (size, channels) != (info["image_size"], info["channels"]):
+        raise ProbeError(f"{info['folder']} takes {info['image_size']}px images with "
+                         f"{info['channels']} channels, the data set has {size}px with "
+                         f"{channels} (set --size / --channels)")
+    try:
+        test = read_subsets(prepared)["test"]
+    except ProbeError:  # no subsets written yet: the same held-out choice, computed in memory
+        test = make_subsets(prepared.partition, SubsetConfig(ns=(1,)),
+                            prepared.manifest["source"], prepared.sha256)["test"]
+    denoiser = Denoiser(backbone, "ddpm", channels, size).eval().requires_grad_(False)
+    return ExternalRun(Path(path).resolve(), f"diffusers:{info['class_name']}", denoiser,
+                       info["weights"], artifacts.sha256_file(info["weights"]), prepared,
+                       np.asarray(test, np.int64))
