@@ -1,0 +1,78 @@
+"""`probe report`: one markdown summary of every table under tables/, plus the figures' list.
+
+Reads only files: each table's values are averaged per model (arch, N, split, window) and metric,
+so the numbers a figure shows can be read off as text too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from probe import artifacts
+from probe.artifacts import Artifacts
+from probe.metrics.tables import read_table
+
+# table -> the metrics worth a line in the summary (all others stay in the table files)
+HEADLINES = {
+    "generalization": ("psnr_gap_mean", "psnr_train", "psnr_test", "memorized_fraction",
+                       "reproducibility", "reproducible_fraction", "fid"),
+    "locality": ("mean_distance", "mass_r1", "entropy", "radius_90"),
+    "basis": ("harmonicity_eigen", "trace", "asymmetry", "linearity", "eig_below_half",
+              "memorization_signature", "agreement"),
+    "attribution": ("radius_50", "radius_90", "mean_distance", "importance"),
+}
+MODEL = ["arch", "n", "split", "window", "windows"]
+
+
+def summarize(df: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Mean value per model x metric, models as rows, metrics as columns."""
+    if "metric" not in df.columns or "value" not in df.columns:
+        return pd.DataFrame()
+    keep = df[df["metric"].isin(metrics)] if metrics else df
+    if keep.empty:
+        keep = df
+    index = [c for c in MODEL if c in keep.columns and keep[c].notna().any()]
+    if not index:
+        index = ["run"]
+    keep = keep.assign(**{c: keep[c].astype(str) for c in index})
+    wide = keep.pivot_table(index=index, columns="metric", values="value", aggfunc="mean")
+    order = [m for m in metrics if m in wide.columns] + \
+        [m for m in wide.columns if m not in metrics]
+    return wide[order[: max(len(metrics), 6)]].reset_index()
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def build_report(store: Artifacts) -> tuple[Path, str]:
+    sections = ["# probe report", ""]
+    for name, metrics in HEADLINES.items():
+        df = read_table(store.tables_dir / name)
+        if df is None or df.empty:
+            continue
+        table = summarize(df, metrics)
+        if table.empty:
+            continue
+        sections += [f"## {name} (mean over images, sigmas, layers, heads)", "",
+                     _markdown(table), "", f"Full table: `tables/{name}.csv`", ""]
+    figures = sorted(store.figures_dir.rglob("*.png")) if store.figures_dir.is_dir() else []
+    if figures:
+        sections += ["## figures", ""]
+        sections += [f"- `{p.relative_to(store.root)}`" for p in figures]
+        sections.append("")
+    if len(sections) == 2:
+        sections.append("No tables yet: run a probe (attention-locality, jacobian-basis, "
+                        "generalization, attribution) first.")
+    text = "\n".join(sections)
+    path = store.root / "report.md"
+    artifacts.write_text(path, text + "\n")
+    return path, text
