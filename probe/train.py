@@ -237,9 +237,14 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
 def _truncate_stats(path: Path, step: int) -> None:
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()
-             and json.loads(ln)["step"] <= step]
-    artifacts.write_text(path, "".join(ln + "\n" for ln in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line half-written when the run was killed
+    artifacts.write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 def _append_stats(path: Path, record: dict) -> None:

