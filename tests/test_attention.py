@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -19,25 +18,7 @@ from probe.models.attention import (
 from probe.models.dit import DiT
 from probe.models.hooks import capture, hooks
 from probe.models.zoo import parse_windows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Overwrite every trainable weight (adaLN-Zero's zeros too) with small noise."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                fan_in = p.shape[-1] if p.ndim > 1 else 10
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(fan_in))
-    return model
+from tests.helpers import randomize
 
 
 def in_window(height: int, width: int, window: int, query: int) -> torch.Tensor:

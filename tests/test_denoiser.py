@@ -24,14 +24,6 @@ from probe.models.dit import DiT
 SCHEDULE = LinearSchedule()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(nn.Module):
     """A backbone with a closed form: out = scale * x (optionally 2C channels); records inputs."""
 

@@ -14,27 +14,7 @@ from probe.errors import ProbeError
 from probe.models import zoo
 from probe.models.dit import DiT, TimestepEmbedder, sincos_2d
 from probe.models.hooks import capture, hook_points, hooks, resolve
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Overwrite every trainable weight (the zero-initialised ones too) with small noise."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                fan_in = p.shape[-1] if p.ndim > 1 else 10
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
-    return model
-
+from tests.helpers import randomize
 
 # (arch, published parameters in millions): Peebles & Xie, Table 4, on a 32x32x4 latent with
 # 1000 classes and learned sigma.

@@ -30,15 +30,6 @@ from probe.models import zoo
 from probe.runs import load_run
 from probe.train import train_run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------ memorization (in process)
 
 # N = 1 digit at 8x8 (scikit-learn's digits: native size, cheap to prepare), the DiT recipe's

@@ -15,15 +15,6 @@ from probe.models.hooks import capture, hook_points
 from probe.models.unet import BiasFreeBatchNorm, BiasFreeUNet, HookedAttnProcessor, UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _unet_xs(channels: int = 1, size: int = 16, **cfg) -> UNet:
     torch.manual_seed(0)
     return zoo.build(ModelConfig(arch="unet-xs", image_size=size, channels=channels, **cfg))

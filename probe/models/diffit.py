@@ -41,7 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from probe.models.attention import explicit_attention, window_mask
-from probe.models.dit import LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, sincos_2d
+from probe.models.dit import (
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    TimestepEmbedder,
+    sincos_2d,
+    unpatchify,
+)
 from probe.models.hooks import HookPoint
 
 
@@ -295,11 +302,7 @@ class LatentDiffiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L, p*p*C] -> [B, C, H, W]."""
-        p, c = self.patch, self.out_channels
-        h, w = self.grid
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+        return unpatchify(x, self.grid, self.patch, self.out_channels)
 
     def forward(self, x: torch.Tensor, noise_cond: torch.Tensor,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:

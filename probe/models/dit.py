@@ -37,6 +37,14 @@ def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(emb).float()
 
 
+def unpatchify(x: torch.Tensor, grid: tuple[int, int], patch: int, channels: int
+               ) -> torch.Tensor:
+    """Tokens [B, L, p*p*C] on a `grid` of patches -> image [B, C, H, W]."""
+    h, w = grid
+    x = x.reshape(x.shape[0], h, w, patch, patch, channels)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], channels, h * patch, w * patch)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
@@ -57,7 +65,8 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.features(t, self.frequencies))
+        # features are float32; cast so a float64 model (finite-difference checks) runs too
+        return self.mlp(self.features(t, self.frequencies).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -176,11 +185,7 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L, p*p*C] -> [B, C, H, W]."""
-        p, c = self.patch, self.out_channels
-        h, w = self.grid
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+        return unpatchify(x, self.grid, self.patch, self.out_channels)
 
     def forward(self, x: torch.Tensor, noise_cond: torch.Tensor,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
