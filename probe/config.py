@@ -163,6 +163,8 @@ class RunConfig:
 
 # ------------------------------------------------------------------------------------- probes
 
+PROBE_SOURCES = ("test", "train")  # probe images: the held-out set or the run's own subset
+
 ATTENTION_STORES = ("all", "mean-heads", "none")
 
 

@@ -7,7 +7,7 @@ import click
 from probe.cli import cli
 from probe.cli.options import command_line, data_options, dry_run_option, print_config
 from probe.config import ATTENTION_STORES, AttentionConfig
-from probe.probes.common import SOURCES
+from probe.config import PROBE_SOURCES as SOURCES
 
 _A = AttentionConfig()
 

@@ -19,9 +19,10 @@ import h5py
 import numpy as np
 import torch
 
+from probe.config import PROBE_SOURCES
 from probe.errors import ProbeError
 
-SOURCES = ("test", "train")
+SOURCES = PROBE_SOURCES
 
 
 def probe_indices(run, count: int, source: str = "test", seed: int = 0) -> np.ndarray:
