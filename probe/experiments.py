@@ -103,8 +103,7 @@ def run_experiment(path: str | Path, artifacts_root: str, overrides: dict[str, s
         captured = io.StringIO()
         with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
             try:
-                cli.main(["--artifacts", artifacts_root, *args], prog_name="probe",
-                         standalone_mode=False)
+                cli.main(["--artifacts", artifacts_root, *args], prog_name="probe")
             except SystemExit as exc:
                 if exc.code not in (0, None):
                     raise ProbeError(f"step {i} ({args[0]}) failed") from None

@@ -16,6 +16,7 @@ from probe.errors import ProbeError
 
 class ProbeGroup(click.Group):
     def main(self, args=None, prog_name=None, **kwargs):
+        kwargs.pop("standalone_mode", None)  # always handled here: one line, exit code 2
         try:
             result = super().main(args, prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
