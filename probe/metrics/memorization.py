@@ -1,0 +1,157 @@
+"""Memorization and reproducibility of samples: exact nearest neighbours and the ratios built on
+them.
+
+- `nearest_neighbours`: exact k-NN of queries in a reference set (l2 or cosine, optionally
+  after removing each image's own mean), by chunked matrix products: candidates from a float32
+  matmul over reference chunks (`margin` more than k kept per query), then re-ranked by
+  float64 distances computed directly, without the cancellation of the matmul expansion: the
+  answer is the brute-force one (ties go to the lower index) unless more than
+  `margin` rows lie within float32 rounding of the k-th distance.
+- `nn_ratio` / `memorized_fraction`: ||x - NN1|| / ||x - NN2|| < 1/3 (Yoon et al. 2023; Gu et al.
+  2310.02664).
+- `carlini_ratio`: distance to the nearest training image over the mean distance to the 50
+  nearest (Carlini et al. 2301.13188; small means an isolated near-copy).
+- `pair_cosine` / `reproducible_fraction`: Kadkhodaie et al.'s same-noise comparison of two
+  models trained on disjoint sets.
+
+Everything works on flattened images in the model's [-1, 1] range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+METRICS = ("l2", "cosine")
+NN_RATIO_THRESHOLD = 1 / 3
+CARLINI_K = 50
+REPRODUCIBLE_THRESHOLD = 0.9
+
+
+def _prepare(x, metric: str, mean_removed: bool, device=None) -> torch.Tensor:
+    """Rows as float32 [n, d] on `device`: mean-removed and/or unit-normalised as asked. On unit
+    rows, ||q - r||^2 = 2 - 2 cos(q, r), so both metrics are searched as l2."""
+    x = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+    x = x.reshape(len(x), -1).to(device=device, dtype=torch.float32)
+    if mean_removed:
+        x = x - x.mean(1, keepdim=True)
+    if metric == "cosine":
+        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+    return x
+
+
+def _smallest(q: torch.Tensor, reference, transform, m: int, chunk: int):
+    """The m smallest ||r||^2 - 2 q.r (the squared distance less ||q||^2, the same for every r)
+    over reference chunks, unsorted: (values [Q, m], indices [Q, m])."""
+    best = torch.empty((len(q), 0), device=q.device)
+    best_idx = torch.empty((len(q), 0), dtype=torch.int64, device=q.device)
+    for lo in range(0, len(reference), chunk):
+        r = transform(reference[lo: lo + chunk])
+        norms2 = torch.linalg.vector_norm(r, dim=1).square_()
+        scores = torch.addmm(norms2[None], q, r.T, alpha=-2.0)
+        top = scores.topk(min(m, len(r)), dim=1, largest=False, sorted=False)
+        best = torch.cat([best, top.values], 1)
+        best_idx = torch.cat([best_idx, top.indices + lo], 1)
+        if best.shape[1] > m:
+            keep = best.topk(m, dim=1, largest=False, sorted=False).indices
+            best, best_idx = best.gather(1, keep), best_idx.gather(1, keep)
+    return best, best_idx
+
+
+def nearest_neighbours(queries, reference, k: int = 1, metric: str = "l2",
+                       mean_removed: bool = False, chunk: int = 4096, margin: int = 8,
+                       device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest rows of `reference` for every row of `queries`.
+
+    `reference` is an array/tensor [N, ...] or anything with `len()` and `[slice]` / `[index
+    array]` returning rows (so a large set is read chunk by chunk). Returns (indices [Q, k]
+    int64, scores [Q, k] float64) on the CPU: for l2 the Euclidean distances, ascending; for
+    cosine the cosine similarities, descending. Equal scores keep the lower index first.
+    `device` (e.g. "cuda") runs the matmuls there.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    n = len(reference)
+    k = min(k, n)
+    if k < 1 or len(queries) == 0:
+        raise ValueError("nearest_neighbours needs a non-empty query and reference set")
+    q = _prepare(queries, metric, mean_removed, device)
+
+    def rows(raw):
+        return _prepare(raw, metric, mean_removed, q.device)
+
+    _, candidates = _smallest(q, reference, rows, min(n, k + margin), chunk)
+    return _rerank(q, reference, candidates.cpu(), k, metric, rows)
+
+
+def _take(reference, indices: torch.Tensor):
+    """Rows `indices` of the reference (index_select / np.take: far faster than fancy
+    indexing of a tensor)."""
+    if torch.is_tensor(reference):
+        return reference.index_select(0, indices.to(reference.device))
+    if isinstance(reference, np.ndarray):
+        return np.take(reference, indices.numpy(), axis=0)
+    return reference[indices.numpy()]
+
+
+def _direct_scores(qb: torch.Tensor, vecs: torch.Tensor, metric: str) -> torch.Tensor:
+    """Scores of q against its candidates [block, m, d], smaller is nearer: ||q - r|| by cdist's
+    direct mode (no cancellation, no temporary), or -q.r of unit rows."""
+    if metric == "l2":
+        return torch.cdist(qb[:, None], vecs, compute_mode="donot_use_mm_for_euclid_dist")[:, 0]
+    return -torch.bmm(vecs, qb[:, :, None])[..., 0]
+
+
+def _rerank(q: torch.Tensor, reference, candidates, k, metric, rows, budget: int = 1 << 23):
+    """Candidates re-scored directly in float64 (near-ties differ in the 7th digit, beyond
+    float32's reach) and sorted by (score, index)."""
+    out_idx, out_score = [], []
+    m, d = candidates.shape[1], q.shape[1]
+    block = max(16, budget // max(1, m * d))  # large blocks: each block has a fixed cost
+    for lo in range(0, len(candidates), block):
+        cand = candidates[lo: lo + block].sort(dim=1).values  # index order breaks ties
+        unique, inverse = torch.unique(cand, return_inverse=True)
+        vecs = rows(_take(reference, unique)).double().index_select(
+            0, inverse.flatten().to(q.device)).view(*cand.shape, -1)  # [block, m, d]
+        score = _direct_scores(q[lo: lo + block].double(), vecs, metric)
+        order = score.argsort(dim=1, stable=True)[:, :k]
+        out_idx.append(cand.gather(1, order.cpu()))
+        out_score.append(score.gather(1, order).cpu())
+    scores = torch.cat(out_score)
+    return torch.cat(out_idx), scores if metric == "l2" else -scores
+
+
+def nn_ratio(distances) -> np.ndarray:
+    """||x - NN1|| / ||x - NN2|| per query from l2 distances [Q, >=2] (NaN with one neighbour;
+    an exact copy of a duplicated image, 0 / 0, counts as 0: a copy)."""
+    d = np.asarray(distances, np.float64)
+    if d.shape[1] < 2:
+        return np.full(len(d), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d[:, 1] > 0, d[:, 0] / d[:, 1], 0.0)
+
+
+def memorized_fraction(distances, threshold: float = NN_RATIO_THRESHOLD) -> float:
+    ratio = nn_ratio(distances)
+    return float(np.mean(ratio < threshold)) if np.isfinite(ratio).all() else float("nan")
+
+
+def carlini_ratio(distances, k: int = CARLINI_K) -> np.ndarray:
+    """Distance to the nearest over the mean distance to the k nearest (all, if fewer)."""
+    d = np.asarray(distances, np.float64)[:, :k]
+    mean = d.mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, d[:, 0] / mean, 0.0)
+
+
+def pair_cosine(a, b, mean_removed: bool = False) -> np.ndarray:
+    """Cosine similarity of row i of `a` with row i of `b` (samples from the same noise)."""
+    if len(a) != len(b):
+        raise ValueError(f"pair_cosine needs as many rows in both sets, got {len(a)}, {len(b)}")
+    x = _prepare(a, "cosine", mean_removed).double()
+    y = _prepare(b, "cosine", mean_removed).double()
+    return (x * y).sum(1).numpy()
+
+
+def reproducible_fraction(cosines, threshold: float = REPRODUCIBLE_THRESHOLD) -> float:
+    return float(np.mean(np.asarray(cosines) > threshold))

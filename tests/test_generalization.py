@@ -1,0 +1,291 @@
+"""`probe generalization` and `probe sample`: the PSNR gap of oracles with known answers, the
+whole pipeline on tiny trained runs (files, tidy table, pairing, resume, figures) and bad input
+as one line with exit code 2."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from probe.artifacts import Artifacts
+from probe.cli import cli
+from probe.config import (
+    DataConfig,
+    GeneralizationConfig,
+    ModelConfig,
+    RunConfig,
+    SubsetConfig,
+    TrainConfig,
+)
+from probe.errors import ProbeError
+from probe.metrics.psnr import denoising_psnr, psnr_gap
+from probe.probes import generalization as G
+from probe.runs import load_run
+from probe.train import train_run
+
+SMALL = GeneralizationConfig(sigmas=(0.05, 0.5), images=8, samples=8, steps=4, batch=8)
+
+
+# ------------------------------------------------------------------------------ oracles
+
+
+class Wiener(torch.nn.Module):
+    """The exact posterior mean of Gaussian data N(0, Q diag(ev) Q^T): knows the distribution,
+    not the training set."""
+
+    def __init__(self, q, ev, shape):
+        super().__init__()
+        self.q, self.ev, self.shape = q, ev, shape
+
+    def forward(self, x, sigma, class_labels=None):
+        c = (x.flatten(1).double() @ self.q) * (self.ev / (self.ev + float(sigma) ** 2))
+        return (c @ self.q.T).reshape(x.shape).to(x.dtype)
+
+
+class EmpiricalPosterior(torch.nn.Module):
+    """The exact posterior mean of the empirical training distribution: the ideal memorizer."""
+
+    objective = "edm"
+
+    def __init__(self, train):
+        super().__init__()
+        self.train = train.double()
+        self.channels, self.image_size = train.shape[1], train.shape[-1]
+        self.sigma_range = (0.002, 80.0)
+
+    def forward(self, x, sigma, class_labels=None):
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        d2 = torch.cdist(x.flatten(1).double(), self.train.flatten(1)) ** 2
+        w = torch.softmax(-d2 / (2 * s**2), dim=1)
+        return (w @ self.train.flatten(1)).reshape(x.shape).to(x.dtype)
+
+
+SIGMAS = (0.02, 0.1, 0.5, 2.0)
+
+
+def test_an_oracle_of_the_true_distribution_has_a_psnr_gap_near_zero():
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
+    ev = torch.linspace(0.01, 0.6, 16, dtype=torch.float64)
+    draw = (torch.randn(768, 16, generator=g, dtype=torch.float64) * ev.sqrt()) @ q.T
+    images = draw.reshape(768, 1, 4, 4).float()
+    oracle = Wiener(q, ev, (1, 4, 4))
+    rows = np.arange(768)
+    train = denoising_psnr(oracle, images[:384], rows[:384], SIGMAS, batch=384)
+    test = denoising_psnr(oracle, images[384:], rows[384:], SIGMAS, batch=384)
+    gap = psnr_gap(train, test)
+    assert np.all(np.abs(gap) < 0.5), gap
+    assert np.all(np.diff(train.mean(1)) < 0)  # a real curve: PSNR falls as sigma grows
+
+
+def test_the_memorizer_has_a_large_psnr_gap_at_small_sigma():
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(60, 1, 4, 4, generator=g) * 2 - 1
+    oracle = EmpiricalPosterior(images[:20])
+    rows = np.arange(60)
+    gap = psnr_gap(denoising_psnr(oracle, images[:20], rows[:20], SIGMAS),
+                   denoising_psnr(oracle, images[20:], rows[20:], SIGMAS))
+    assert gap[0] > 40 and gap.mean() > 20
+    assert gap[0] > gap[-1]
+
+
+# ------------------------------------------------------------------------------- pipeline
+
+
+def _train(store, dataset, split, size=8, **data):
+    cfg = RunConfig(data=DataConfig(dataset=dataset, size=size, **data),
+                    subsets=SubsetConfig(ns=(10,), test_size=24),
+                    model=ModelConfig(arch="dit-xs/4"),
+                    train=TrainConfig(n=10, split=split, steps=2, batch=4, sample_grid=0,
+                                      checkpoint_every=100))
+    return train_run(cfg, store, progress=False, log=lambda msg: None)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    store = Artifacts.at(tmp_path_factory.mktemp("gen-art"))
+    runs = {split: _train(store, "disks", split, count=200) for split in "ab"}
+    runs["digits"] = _train(store, "digits", "a")
+    return store, runs
+
+
+@pytest.fixture(scope="module")
+def probed(trained, tmp_path_factory):
+    store, runs = trained
+    out = Artifacts.at(tmp_path_factory.mktemp("gen-out"))
+    table = G.run_generalization([runs["a"], runs["b"]], out, SMALL, log=lambda msg: None)
+    return out, table
+
+
+def test_pipeline_writes_files_tables_pairs_and_figures(trained, probed):
+    store, runs = trained
+    out, table = probed
+    assert set(G.COLUMNS) <= set(table.columns)
+    wanted = {"psnr_train", "psnr_test", "psnr_gap", "psnr_gap_mean", "memorized_fraction",
+              "nn_ratio_mean", "carlini_ratio", "reproducibility", "reproducible_fraction",
+              "fid", "kid", "precision", "recall"}
+    assert wanted <= set(table.metric)
+    for run, rows in table.groupby("run"):
+        per_sigma = rows[rows.metric == "psnr_gap"]
+        assert sorted(per_sigma.sigma) == list(SMALL.sigmas)
+        gap = per_sigma.value.to_numpy()
+        train = rows[rows.metric == "psnr_train"].value.to_numpy()
+        test = rows[rows.metric == "psnr_test"].value.to_numpy()
+        np.testing.assert_allclose(gap, train - test)
+        assert rows[rows.metric == "psnr_gap_mean"].value.item() == pytest.approx(gap.mean())
+        assert rows[rows.metric == "psnr_gap_mean"].sigma.isna().all()
+        pair = rows[rows.metric == "reproducibility"]
+        assert len(pair) == 1 and pair.pair.item() == (table.run.unique().tolist()[
+            1 - table.run.unique().tolist().index(run)])  # auto-paired with its twin
+        fid = rows[rows.metric == "fid"]
+        assert math.isnan(fid.value.item()) and "no --fid-weights" in fid.note.item()
+    # the two runs' pair cosines agree (same samples, both files)
+    a_id, b_id = sorted(table.run.unique())
+    with h5py.File(out.probe_dir(a_id) / G.H5) as fa, h5py.File(out.probe_dir(b_id) / G.H5) as fb:
+        np.testing.assert_allclose(fa[f"pairs/{b_id}/cosine"][:], fb[f"pairs/{a_id}/cosine"][:])
+        assert fa["samples/images"].shape == (8, 1, 8, 8)
+        assert fa["neighbours/l2_rows"].shape == (8, 10)  # N = 10 < 50 neighbours
+        assert set(fa["neighbours/l2_rows"][:].ravel()) <= set(load_run(runs["a"], store)
+                                                             .train_indices.tolist())
+        assert fa["psnr/train"].shape == (2, 8)
+    on_disk = pd.read_parquet(out.probe_dir(a_id) / f"{G.TABLE}.parquet")
+    assert set(on_disk.run) == {a_id}
+    assert set(pd.read_parquet(out.tables_dir / f"{G.TABLE}.parquet").run) == {a_id, b_id}
+    report = G.text_report(table)
+    assert a_id in report and b_id in report and "skipped" in report
+
+    from probe.report.generalization_figures import draw_all
+
+    figures = draw_all(out)
+    assert len(figures) == 4 and all(p.stat().st_size > 0 for p in figures)
+
+
+def test_rerun_resumes_from_the_files(trained, probed, monkeypatch):
+    store, runs = trained
+    out, first = probed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(G, "generate", refuse)
+    monkeypatch.setattr(G, "denoising_psnr", refuse)
+    again = G.run_generalization([runs["a"], runs["b"]], out, SMALL, log=lambda msg: None)
+    pd.testing.assert_frame_equal(first, again)
+
+
+class MeanFeatures(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)
+
+
+def test_fid_weights_added_later_fill_the_quality_rows_only(trained, probed, tmp_path,
+                                                            monkeypatch):
+    import shutil
+
+    store, runs = trained
+    out = Artifacts.at(tmp_path / "out")
+    shutil.copytree(probed[0].root, out.root)
+    weights = tmp_path / "features.pt"
+    torch.jit.save(torch.jit.script(MeanFeatures()), weights)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(G, "generate", refuse)
+    monkeypatch.setattr(G, "denoising_psnr", refuse)
+    cfg = GeneralizationConfig(**{**SMALL.__dict__, "fid_weights": str(weights)})
+    table = G.run_generalization([runs["a"], runs["b"]], out, cfg, log=lambda msg: None)
+    quality = table[table.metric.isin(G.QUALITY)]
+    assert len(quality) == 8 and quality.value.notna().all()
+    assert quality.note.str.contains("script").all()
+    assert (quality[quality.metric == "fid"].value >= 0).all()
+    assert quality[quality.metric.isin(["precision", "recall"])].value.between(0, 1).all()
+    others = table[~table.metric.isin(G.QUALITY)].reset_index(drop=True)
+    before = probed[1][~probed[1].metric.isin(G.QUALITY)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(others, before)
+
+
+def test_memorizing_oracles_are_caught(trained, tmp_path):
+    store, runs = trained
+    oracles = []
+    for split in "ab":
+        run = load_run(runs[split], store)
+        run.denoiser = EmpiricalPosterior(run.images(run.train_indices))
+        oracles.append(run)
+    cfg = GeneralizationConfig(sigmas=(0.02, 0.1, 0.5), images=8, samples=8, steps=12,
+                               batch=8, threshold=0.999)
+    table = G.run_generalization(oracles, Artifacts.at(tmp_path / "out"), cfg,
+                                 log=lambda msg: None)
+
+    def value(metric):
+        return table[table.metric == metric].value.to_numpy()
+
+    np.testing.assert_array_equal(value("memorized_fraction"), [1.0, 1.0])
+    assert np.all(value("psnr_gap_mean") > 20)
+    assert np.all(value("carlini_ratio") < 0.05)
+    np.testing.assert_allclose(value("nn_cosine_mean"), 1.0, atol=1e-4)
+    # disjoint training sets: the two memorizers never produce the same image
+    np.testing.assert_array_equal(value("reproducible_fraction"), [0.0, 0.0])
+
+
+def test_check_pair_refuses_other_data_and_resolutions():
+    def fake(sha, size, name):
+        return SimpleNamespace(directory=name, run_id=name, prepared=SimpleNamespace(sha256=sha),
+                               config=SimpleNamespace(model=SimpleNamespace(image_size=size,
+                                                                            channels=1),
+                                                      data=SimpleNamespace(dataset="x",
+                                                                           size=size)))
+
+    with pytest.raises(ProbeError, match="different resolutions"):
+        G.check_pair(fake("s", 8, "a"), fake("s", 16, "b"))
+    with pytest.raises(ProbeError, match="different data sets"):
+        G.check_pair(fake("s", 8, "a"), fake("t", 8, "b"))
+    G.check_pair(fake("s", 8, "a"), fake("s", 8, "b"))
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _probe(store, *args):
+    return CliRunner().invoke(cli, ["--artifacts", str(store.root), *args])
+
+
+def test_cli_bad_input_is_one_line_exit_2(trained, tmp_path):
+    store, runs = trained
+    cases = [
+        ("generalization", str(runs["a"]), "--pair", str(runs["a"]), str(runs["digits"])),
+        ("generalization", str(runs["a"]), "--sigmas", "0.1,0"),
+        ("generalization", str(runs["a"]), "--fid-weights", str(tmp_path / "missing.pth")),
+        ("sample", str(runs["a"]), "--sampler", "nope"),
+    ]
+    messages = ["different data sets", "positive", "not found", "nope"]
+    for args, message in zip(cases, messages):
+        result = _probe(store, *args)
+        assert result.exit_code == 2, (args, result.stderr, result.exception)
+        assert "Traceback" not in result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+
+
+def test_cli_sample_and_dry_run(trained):
+    store, runs = trained
+    result = _probe(store, "sample", str(runs["a"]), "--n", "4", "--sampler", "ddpm",
+                    "--steps", "3", "--seed", "7")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    run_id = runs["a"].name
+    with h5py.File(store.probe_dir(run_id) / "samples.h5") as f:
+        assert f["samples/images"].shape == (4, 1, 8, 8)
+        assert f["samples/seeds"][:].tolist() == [[7, i] for i in range(4)]
+        assert f.attrs["run_id"] == run_id and f["samples"].attrs["sampler"] == "ddpm"
+    assert (store.probe_dir(run_id) / "samples.png").stat().st_size > 0
+    dry = _probe(store, "generalization", str(runs["a"]), str(runs["b"]), "--dry-run")
+    assert dry.exit_code == 0, (dry.stderr, dry.exception)
+    assert "pair:" in dry.stdout and "sigmas" in dry.stdout
+    assert not (store.probe_dir(run_id) / G.H5).exists()
