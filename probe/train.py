@@ -31,7 +31,7 @@ from probe.data.loader import StepBatches, to_uint8
 from probe.data.prepare import Prepared, prepare
 from probe.data.subsets import max_n, subset_indices, write_subsets
 from probe.diffusion.losses import training_loss
-from probe.diffusion.samplers import default_sigmas, euler
+from probe.diffusion.samplers import sample_from_seeds
 from probe.errors import ProbeError
 from probe.models import zoo
 from probe.models.denoiser import Denoiser
@@ -111,10 +111,11 @@ def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def sample_grid(denoiser: Denoiser, count: int, steps: int, seed: int, device) -> torch.Tensor:
-    c, s = denoiser.channels, denoiser.image_size
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(count, c, s, s, generator=generator).to(device)
-    return euler(denoiser, noise, default_sigmas(denoiser, steps))
+    """The end-of-training grid. DDPM models use the ancestral sampler: after a short CPU run
+    the deterministic ODE carries the large-sigma prediction error all the way down."""
+    name = "ddpm" if denoiser.objective == "ddpm" else "heun"
+    seeds = [seed * 1_000_003 + i for i in range(count)]
+    return sample_from_seeds(denoiser, seeds, name, steps, device=device)
 
 
 def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path | None = None,

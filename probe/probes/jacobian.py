@@ -1,0 +1,504 @@
+"""Denoiser Jacobians J = dD(y, sigma)/dy at y = x + sigma z, and their eigen- and singular bases.
+
+Kadkhodaie et al. (2310.02557): near a noisy image the denoiser acts as D(y) ~ J(y) y, so the
+eigenvectors of J are the basis it adapts to the image and its eigenvalues the shrinkage applied
+along each. For every probe image (a fixed, seeded data-set row) and sigma (fixed, seeded z) this
+module stores the top-k eigenpairs of the symmetric part (J + J^T)/2, the singular values and
+top-k singular vectors of J, and three scalars (attrs of the group):
+
+    asymmetry = ||J - J^T||_F / ||J||_F     (0 where D is locally a gradient field, as the ideal
+                                             denoiser y + sigma^2 grad log p(y) is)
+    trace     = tr J                        (effective dimensionality of the local subspace)
+    linearity = ||D(y) - J y|| / ||D(y)||   (0 for a locally linear, bias-free denoiser)
+
+Two ways to get there:
+
+- `full`: the whole d x d J, as rows e_i^T J: one forward on a batch of `chunk` copies of y whose
+  graph is kept, then d / chunk backward passes, each sending `chunk` identity rows as the copies'
+  cotangents (chunk from free memory and the thread count, psutil). That is the floor of "d
+  backward passes at the chosen batch"; `torch.func.vmap` over the vjp of one forward computes
+  the same rows but measured from as fast to 1.35x slower on CPU (its batching rules copy the
+  shared saved tensors: softmax backward, matmuls). Then dense symmetric eigensolvers: exact
+  trace and asymmetry, every eigenvalue and singular value stored (vectors: the top k).
+- `lanczos`: matrix-free, from one forward whose graph is kept (`Linearised`). ARPACK (`eigsh`,
+  `svds`) on LinearOperators whose products are J^T u (`torch.func.vjp`) and J v (the vjp of the
+  vjp: u -> J^T u is linear, so its own vjp is v -> J v; it reuses the kept graph where
+  `torch.func.jvp` would redo the forward, and measured faster on CPU). Only the top k eigen/
+  singular values exist, so trace and asymmetry are Hutchinson estimates with fixed Rademacher
+  probes z_i (E[z^T J z] = tr J, E||J z - J^T z||^2 = ||J - J^T||_F^2, E||J^T z||^2 =
+  ||J||_F^2); their relative error is about sqrt(2 / (probes x effective rank)).
+- `auto`: `full` while the matrix and its decompositions fit in memory and d <= AUTO_FULL_ROWS_PER_K
+  x k, else `lanczos` (see benchmarks/bench_jacobian.py for where the two cross).
+
+Attention runs on the explicit-softmax path (`set_backend(model, "explicit")`): the fused CPU SDPA
+kernels have no forward-mode AD and vmap through them is slow. Output: probes/<run-id>/jacobian.h5
+with one complete group per (image, sigma) under /jacobian/{image}/{sigma}, written through
+`ResumableH5`, so a killed probe resumes at the next (image, sigma).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import psutil
+import scipy.linalg
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh, svds
+
+from probe.artifacts import Artifacts
+from probe.config import JACOBIAN_METHODS, PROBE_SOURCES, JacobianConfig, to_dict
+from probe.errors import ProbeError
+from probe.models.attention import set_backend
+from probe.probes.common import ResumableH5, fixed_noise, probe_indices
+
+FILENAME = "jacobian.h5"
+ROOT = "jacobian"
+# Dense path: J (float32) plus float64 J, J - J^T, (J + J^T)/2, J^T J and LAPACK's copies and
+# workspace, in bytes per entry of the d x d matrix.
+FULL_BYTES_PER_ENTRY = 64
+MEMORY_FRACTION = 0.5  # share of the free memory a probe lets itself use
+ROWS_PER_THREAD = 8  # Jacobian rows per backward per intra-op thread: on one CPU core batches
+# of 4..16 rows cost the same per row and 32 cost 1.4x more (cache); more threads need more rows
+BACKWARD_OVERHEAD = 3  # a batched row holds its forward's saves plus ~2 copies in the backward
+# auto: full while d <= this x k. Lanczos spent ~12 products per wanted pair (eigsh + svds) plus
+# 2 per Hutchinson probe (d = 4096, k = 64: 911 products) and a product costs about one row of
+# the full method, so up to ~16 k rows full costs about as much and gives the exact spectrum.
+AUTO_FULL_ROWS_PER_K = 16
+
+
+# ------------------------------------------------------------------------------ linearisation
+
+
+def flat_denoiser(denoiser: Callable, sigma: float, shape: tuple[int, ...]) -> Callable:
+    """y [d] -> D(y, sigma) [d] for images of `shape` [C, H, W]; also row-wise on [B, d]."""
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        return denoiser(v.reshape(-1, *shape), sigma).reshape(v.shape)
+
+    return f
+
+
+class Linearised:
+    """f at one point y: its value and the products J^T u and J v, all from one forward pass."""
+
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor):
+        self.f, self.y = f, y.detach()
+        self.value, self._vjp = torch.func.vjp(f, self.y)
+        self.value = self.value.detach()
+        # The vjp is linear in its cotangent u, so the vjp of u -> J^T u, applied to v, is J v.
+        _, self._jvp = torch.func.vjp(lambda u: self._vjp(u)[0], torch.zeros_like(self.value))
+        self.d = self.y.numel()
+        self.calls = {"vjp": 0, "jvp": 0}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.y.dtype
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """u [d] -> J^T u; u [B, d] -> [B, d] (rows u_b^T J)."""
+        self.calls["vjp"] += 1 if u.ndim == 1 else u.shape[0]
+        fn = self._vjp if u.ndim == 1 else torch.func.vmap(self._vjp)
+        return fn(u)[0].detach()
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """v [d] -> J v; v [B, d] -> [B, d] (rows (J v_b)^T)."""
+        self.calls["jvp"] += 1 if v.ndim == 1 else v.shape[0]
+        fn = self._jvp if v.ndim == 1 else torch.func.vmap(self._jvp)
+        return fn(v)[0].detach()
+
+
+def available_memory() -> int:
+    """Bytes the OS can give now (psutil's `available`: free plus reclaimable cache)."""
+    return int(psutil.virtual_memory().available)
+
+
+def saved_bytes(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> int:
+    """Bytes one plain-autograd forward of f keeps for its backward (torch.func refuses saved-
+    tensor hooks, so this is a separate forward; it does not depend on y's value)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f(y.detach().clone().requires_grad_(True))
+    return total
+
+
+def chunk_size(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+               available: int | None = None) -> int:
+    """Rows per vmapped product: ROWS_PER_THREAD per torch thread, fewer if MEMORY_FRACTION of
+    the free memory cannot hold them (each vmapped row of a backward holds about
+    BACKWARD_OVERHEAD copies of what one forward saves)."""
+    available = available_memory() if available is None else available
+    per_row = max(saved_bytes(f, y), 1) * BACKWARD_OVERHEAD
+    most = ROWS_PER_THREAD * torch.get_num_threads()
+    return int(max(1, min(most, y.numel(), MEMORY_FRACTION * available // per_row)))
+
+
+def _batched(op: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, chunk: int
+             ) -> torch.Tensor:
+    return torch.cat([op(vectors[i:i + chunk]) for i in range(0, len(vectors), chunk)])
+
+
+def full_jacobian(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+                  chunk: int | None = None, rows: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J [d, d], f(y)): rows e_i^T J, `chunk` per backward pass, all from ONE forward
+    (`rows`: only the first rows, [rows, d]; the benchmark times slices).
+
+    The forward runs once on `chunk` copies of y (f must treat the rows of a batch
+    independently, as an eval-mode denoiser does) and its graph is kept; each backward sends
+    identity rows e_s .. e_{s+chunk-1} as the copies' cotangents. That is exactly "d backward
+    passes at the chosen batch", the floor. (`torch.func.vmap` over the vjp of a single forward
+    computes the same rows, but its batching rules copy the unbatched saved tensors (softmax,
+    matmul) for every chunk: measured up to 1.35x slower on CPU, benchmarks/bench_jacobian.py.)
+    """
+    d = y.numel()
+    rows = d if rows is None else min(rows, d)
+    chunk = min(chunk or chunk_size(f, y), rows)
+    x = y.detach().reshape(1, d).repeat(chunk, 1).requires_grad_(True)
+    with torch.enable_grad():
+        out = f(x)
+    jac = torch.empty(rows, d, dtype=y.dtype)
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        cotangents = torch.zeros(chunk, d, dtype=y.dtype)
+        cotangents[torch.arange(n), start + torch.arange(n)] = 1
+        (grads,) = torch.autograd.grad(out, x, cotangents, retain_graph=start + chunk < rows)
+        jac[start:start + n] = grads[:n]
+    return jac, out[0].detach()
+
+
+# ------------------------------------------------------------------------- method and checks
+
+
+def full_bytes(d: int) -> int:
+    return FULL_BYTES_PER_ENTRY * d * d
+
+
+def check_k(k: int, d: int) -> None:
+    if not 1 <= k < d:
+        raise ProbeError(f"--k {k} must lie in 1..{d - 1}: the Jacobian is {d} x {d} "
+                         f"(channels x height x width)")
+
+
+def check_full_fits(d: int, available: int | None = None) -> None:
+    available = available_memory() if available is None else available
+    need = full_bytes(d)
+    if need > MEMORY_FRACTION * available:
+        raise ProbeError(
+            f"--method full at d = {d} needs about {need / 2**30:.1f} GiB for the {d} x {d} "
+            f"Jacobian and its decompositions, but only {available / 2**30:.1f} GiB is free "
+            f"(half of it may be used); use --method lanczos (matrix-free top-k)")
+
+
+def resolve_method(method: str, d: int, k: int, available: int | None = None) -> str:
+    """Validate k and the method for a d-dimensional image; `auto` -> full or lanczos."""
+    if method not in JACOBIAN_METHODS:
+        raise ProbeError(f"--method must be one of {', '.join(JACOBIAN_METHODS)}, got {method!r}")
+    check_k(k, d)
+    if method == "full":
+        check_full_fits(d, available)
+        return "full"
+    if method == "lanczos":
+        return "lanczos"
+    available = available_memory() if available is None else available
+    fits = full_bytes(d) <= MEMORY_FRACTION * available
+    return "full" if fits and d <= AUTO_FULL_ROWS_PER_K * k else "lanczos"
+
+
+# ----------------------------------------------------------------------------- decompositions
+
+
+@dataclass
+class Basis:
+    """What one (image, sigma) leaves on disk. Vectors are columns [d, k], values descending."""
+
+    method: str
+    eigenvalues: np.ndarray  # of (J + J^T) / 2: all d (full) or the top k (lanczos)
+    eigenvectors: np.ndarray  # [d, k]
+    singular_values: np.ndarray  # all d (full) or the top k (lanczos)
+    left_singular_vectors: np.ndarray  # [d, k]: J v_i = s_i u_i
+    right_singular_vectors: np.ndarray  # [d, k]
+    trace: float
+    asymmetry: float
+    linearity: float
+    denoised: np.ndarray  # D(y), flat
+    estimator: str  # exact | hutchinson (how trace and asymmetry were obtained)
+    probes: int = 0  # Hutchinson probe vectors
+    products: int = 0  # Jacobian-vector products spent
+
+
+def _sign_fix(vectors: np.ndarray, partner: np.ndarray | None = None):
+    """Flip each column so its largest-magnitude entry is positive (figures stay comparable);
+    `partner` columns (the other singular vectors) flip with them."""
+    idx = np.abs(vectors).argmax(axis=0)
+    signs = np.sign(vectors[idx, np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1
+    return (vectors * signs, None if partner is None else partner * signs)
+
+
+def _linearity(value: np.ndarray, jy: np.ndarray) -> float:
+    return float(np.linalg.norm(value - jy) / max(np.linalg.norm(value), 1e-300))
+
+
+def _top_eigh(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenvalues (descending) and the top-k eigenvectors of a symmetric matrix.
+
+    Two LAPACK calls (all values; k vectors by MRRR) cost less than one `eigh` with every
+    vector: 2.2 s against 3.3 s at d = 2048 on one core."""
+    d = len(matrix)
+    values = scipy.linalg.eigh(matrix, eigvals_only=True, driver="evd", check_finite=False)
+    _, vectors = scipy.linalg.eigh(matrix, subset_by_index=[d - k, d - 1], driver="evr",
+                                   check_finite=False)
+    return values[::-1].copy(), vectors[:, ::-1].copy()
+
+
+def decompose_full(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, k: int,
+                   chunk: int | None = None) -> Basis:
+    """Dense decompositions of the whole J. Singular values and right singular vectors come
+    from the Gram matrix J^T J (s_i^2, v_i), left ones as u_i = J v_i / s_i: ~3x cheaper than a
+    full SVD; the top values stay exact to rounding, the smallest ones are good to about
+    1e-8 s_max (the square root of float64's precision), which the stored spectrum can afford."""
+    jac, value = full_jacobian(f, y, chunk)
+    jac, value, y = jac.double().numpy(), value.double().numpy(), y.detach().double().numpy()
+    d = len(y)
+    norm = np.linalg.norm(jac)
+    asymmetry = float(np.linalg.norm(jac - jac.T) / max(norm, 1e-300))
+    trace, jy = float(np.trace(jac)), jac @ y
+    evals, evecs = _top_eigh((jac + jac.T) / 2, k)
+    gram, right = _top_eigh(jac.T @ jac, k)
+    svals = np.sqrt(np.clip(gram, 0, None))
+    left = (jac @ right) / np.where(svals[:k] > 0, svals[:k], 1)
+    left, right = _sign_fix(left, right)
+    return Basis("full", evals, _sign_fix(evecs)[0], svals, left, right, trace, asymmetry,
+                 _linearity(value, jy), value, "exact", 0, d)
+
+
+def _operator(lin: Linearised, which: str) -> LinearOperator:
+    """J (matvec J v, rmatvec J^T u) or its symmetric part, on float64 numpy vectors."""
+
+    def to_torch(x):
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(lin.dtype)
+
+    def jv(x):
+        return lin.jvp(to_torch(x).reshape(-1)).double().numpy()
+
+    def jtv(x):
+        return lin.vjp(to_torch(x).reshape(-1)).double().numpy()
+
+    if which == "sym":
+        return LinearOperator((lin.d, lin.d), matvec=lambda x: 0.5 * (jv(x) + jtv(x)),
+                              dtype=np.float64)
+    return LinearOperator((lin.d, lin.d), matvec=jv, rmatvec=jtv, dtype=np.float64)
+
+
+def hutchinson(lin: Linearised, probes: int, seed: int, chunk: int) -> tuple[float, float]:
+    """(trace, asymmetry) estimated with `probes` fixed Rademacher vectors."""
+    rng = np.random.default_rng([seed, 1])
+    z = torch.from_numpy(rng.choice([-1.0, 1.0], size=(probes, lin.d))).to(lin.dtype)
+    jtz = _batched(lin.vjp, z, chunk).double()  # rows z^T J
+    jz = _batched(lin.jvp, z, chunk).double()  # rows (J z)^T
+    zd = z.double()
+    trace = float((zd * jtz).sum(1).mean())
+    fro2 = float((jtz**2).sum(1).mean())
+    asym2 = float(((jz - jtz) ** 2).sum(1).mean())
+    return trace, float(np.sqrt(asym2 / max(fro2, 1e-300)))
+
+
+def decompose_lanczos(lin: Linearised, k: int, tol: float = 1e-6, probes: int = 64,
+                      seed: int = 0, chunk: int | None = None) -> Basis:
+    d = lin.d
+    chunk = chunk or chunk_size(lin.f, lin.y)
+    v0 = np.random.default_rng([seed, 0]).standard_normal(d)
+    try:
+        evals, evecs = eigsh(_operator(lin, "sym"), k=k, which="LA", tol=tol, v0=v0)
+        u, s, vt = svds(_operator(lin, "jac"), k=k, tol=tol, v0=v0)
+    except ArpackNoConvergence:
+        raise ProbeError(f"lanczos did not converge for k = {k} at tol {tol:g}; raise --tol or "
+                         "lower --k, or use --method full") from None
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    order = np.argsort(s)[::-1]
+    s, u, v = s[order], u[:, order], vt[order].T
+    left, right = _sign_fix(u, v)
+    trace, asymmetry = hutchinson(lin, probes, seed, chunk)
+    value = lin.value.double().numpy()
+    jy = lin.jvp(lin.y).double().numpy()
+    return Basis("lanczos", evals, _sign_fix(evecs)[0], s, left, right, trace, asymmetry,
+                 _linearity(value, jy), value, "hutchinson", probes,
+                 lin.calls["vjp"] + lin.calls["jvp"])
+
+
+def analyse(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, k: int,
+            method: str = "auto", tol: float = 1e-6, probes: int = 64, seed: int = 0,
+            chunk: int | None = None) -> Basis:
+    """Everything stored for one Jacobian of f (flat in, flat out) at the flat point y."""
+    method = resolve_method(method, y.numel(), k)
+    if method == "full":
+        return decompose_full(f, y, k, chunk)
+    return decompose_lanczos(Linearised(f, y), k, tol, probes, seed, chunk)
+
+
+# ------------------------------------------------------------------------------------ storage
+
+
+def group_key(image: int, sigma: float) -> str:
+    return f"{ROOT}/{int(image)}/{sigma:g}"
+
+
+def write_group(group: h5py.Group, basis: Basis, clean: np.ndarray, noisy: np.ndarray,
+                attrs: dict) -> None:
+    shape = clean.shape
+    for name in ("eigenvalues", "singular_values"):
+        group[name] = getattr(basis, name).astype(np.float64)
+    for name in ("eigenvectors", "left_singular_vectors", "right_singular_vectors"):
+        group[name] = getattr(basis, name).astype(np.float32)
+    group["clean"] = clean.astype(np.float32)
+    group["noisy"] = noisy.astype(np.float32)
+    group["denoised"] = basis.denoised.reshape(shape).astype(np.float32)
+    for name in ("method", "trace", "asymmetry", "linearity", "estimator", "probes", "products"):
+        group.attrs[name] = getattr(basis, name)
+    group.attrs["k"] = basis.eigenvectors.shape[1]
+    group.attrs["d"] = basis.eigenvectors.shape[0]
+    for key, value in attrs.items():
+        group.attrs[key] = value
+
+
+def read_groups(path: str | Path) -> Iterator[dict]:
+    """Every complete (image, sigma) group of a jacobian.h5 as a dict of arrays and attrs,
+    ordered by image row then sigma."""
+    with h5py.File(path, "r") as f:
+        if ROOT not in f:
+            return
+        for image in sorted(f[ROOT], key=int):
+            for sigma in sorted(f[ROOT][image], key=float):
+                g = f[ROOT][image][sigma]
+                if not g.attrs.get("complete", False):
+                    continue
+                item = {name: g[name][()] for name in g}
+                item.update({k: _plain(v) for k, v in g.attrs.items()})
+                item["image"], item["sigma"] = int(image), float(sigma)
+                yield item
+
+
+def _plain(value):
+    """An HDF5 attribute as a Python value (numpy scalars -> numbers, arrays -> lists)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def file_attrs(path: str | Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {k: _plain(v) for k, v in f.attrs.items()}
+
+
+# --------------------------------------------------------------------------------- the probe
+
+
+def probe_path(store: Artifacts, run_id: str) -> Path:
+    return store.probe_dir(run_id) / FILENAME
+
+
+def image_dim(run) -> int:
+    m = run.config.model
+    return m.channels * m.image_size * m.image_size
+
+
+def plan(run, cfg: JacobianConfig) -> dict:
+    """What probing `run` will do (validated): d, the resolved method, the probe images."""
+    d = image_dim(run)
+    return {"run": run.run_id, "d": d, "method": resolve_method(cfg.method, d, cfg.k),
+            "images": probe_indices(run, cfg.images, cfg.source, cfg.seed).tolist()}
+
+
+def probe_run(run, store: Artifacts, cfg: JacobianConfig, command: str = "",
+              log: Callable[[str], None] | None = None) -> Path:
+    """Write probes/<run-id>/jacobian.h5 for one loaded run (resuming a killed probe)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    p = plan(run, cfg)
+    method, rows = p["method"], np.asarray(p["images"], np.int64)
+    identity = {"config": to_dict(dataclasses.replace(cfg, method=method)), "images": p["images"],
+                "checkpoint_sha256": run.checkpoint_sha256}
+    path = probe_path(store, run.run_id)
+    if path.is_file() and file_attrs(path).get("_identity") == json.dumps(identity,
+                                                                         sort_keys=True):
+        log(f"{run.run_id}: {FILENAME} is up to date")
+        return path
+    attrs = {**run.provenance(), "command": command, "config": to_dict(cfg), "method": method,
+             "images": p["images"]}
+    denoiser = run.denoiser
+    previous = set_backend(denoiser, "explicit")
+    clean = run.images(rows)
+    try:
+        with ResumableH5(path, attrs, identity) as out:
+            for row, x0 in zip(rows, clean):
+                for si, sigma in enumerate(cfg.sigmas):
+                    key = group_key(row, sigma)
+                    if out.done(key):
+                        continue
+                    start = time.perf_counter()
+                    noisy = x0 + sigma * fixed_noise(tuple(x0.shape), cfg.seed, row, si)
+                    f = flat_denoiser(denoiser, sigma, tuple(x0.shape))
+                    basis = analyse(f, noisy.reshape(-1), cfg.k, method, cfg.tol, cfg.probes,
+                                    cfg.seed)
+                    seconds = time.perf_counter() - start
+                    group = out.begin(key)
+                    write_group(group, basis, x0.numpy(), noisy.numpy(),
+                                {"image": int(row), "sigma": float(sigma), "sigma_index": si,
+                                 "seconds": seconds})
+                    out.complete(group)
+                    log(f"{run.run_id}: image {row} sigma {sigma:g}: {method}, "
+                        f"trace {basis.trace:.2f}, asymmetry {basis.asymmetry:.3f}, "
+                        f"{seconds:.1f} s")
+    finally:
+        set_backend(denoiser, previous)
+    return path
+
+
+def run_jacobian_basis(runs, store: Artifacts, cfg: JacobianConfig | None = None,
+                       command: str = "", figures: bool = True,
+                       log: Callable[[str], None] | None = None, **options) -> dict:
+    """Probe every run (jacobian.h5), upsert the GAHB metrics into tables/basis and draw the
+    figures. `runs`: run directories / ids or loaded `Run`s; `options` override `cfg` fields.
+    Returns {"probes": [paths], "table": path, "figures": [paths]}."""
+    from probe.metrics import basis as basis_metrics
+    from probe.runs import load_run
+
+    cfg = dataclasses.replace(cfg or JacobianConfig(), **options)
+    validate(cfg)
+    loaded = [r if hasattr(r, "denoiser") else load_run(r, store) for r in runs]
+    for run in loaded:  # every bad input is reported before any work
+        plan(run, cfg)
+    paths = [probe_run(run, store, cfg, command, log) for run in loaded]
+    table = basis_metrics.update_table(loaded, store)
+    drawn = []
+    if figures:
+        from probe.report import jacobian_figures
+
+        drawn = jacobian_figures.draw(store, [r.run_id for r in loaded])
+    return {"probes": paths, "table": table, "figures": drawn}
+
+
+def validate(cfg: JacobianConfig) -> None:
+    bad = [s for s in cfg.sigmas if not (s > 0 and np.isfinite(s))]
+    if not cfg.sigmas or bad:
+        raise ProbeError(f"noise levels must be positive, got {bad[0] if bad else 'none'}")
+    if cfg.source not in PROBE_SOURCES:
+        raise ProbeError(f"--from must be test or train, got {cfg.source!r}")
+    if cfg.method not in JACOBIAN_METHODS:
+        raise ProbeError(f"--method must be one of {', '.join(JACOBIAN_METHODS)}")
+    if cfg.images < 1 or cfg.k < 1 or cfg.probes < 1 or not cfg.tol >= 0:
+        raise ProbeError("--images, --k and --probes must be positive and --tol >= 0")
