@@ -156,7 +156,7 @@ def set_backend(model: nn.Module, backend: str) -> str:
         raise ValueError(f"unknown attention backend {backend!r}")
     previous = "sdpa"
     for module in model.modules():
-        if hasattr(module, "backend") and isinstance(getattr(module, "backend"), str):
+        if hasattr(module, "backend") and isinstance(module.backend, str):
             previous = module.backend
             module.backend = backend
     return previous
