@@ -14,25 +14,15 @@ from probe.models.attention import set_backend
 from probe.models.denoiser import Denoiser
 from probe.models.diffit import TMSA, DiffiT, LatentDiffiT
 from probe.models.hooks import capture
+from tests.helpers import build_preset, perturb
 
 SIZE = 16
 ARCHS = ("diffit-xs", "diffit-latent-xs")
 
 
-def build(arch, channels=1, learn_sigma=False, num_classes=0, image_size=SIZE, windows=()):
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, image_size=image_size, channels=channels,
-                      learn_sigma=learn_sigma, num_classes=num_classes, windows=windows)
-    return zoo.build(cfg)
+def build(arch, channels=1, learn_sigma=False, image_size=SIZE, **kwargs):
+    return build_preset(arch, channels, learn_sigma, image_size=image_size, **kwargs)
 
-
-@torch.no_grad()
-def perturb(model, scale=0.05, seed=1):
-    """Move every weight off its initial value (the zero-initialised head would hide the rest)."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model
 
 
 @pytest.fixture(scope="module", params=ARCHS)

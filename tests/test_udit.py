@@ -17,25 +17,14 @@ from probe.models.attention import set_backend
 from probe.models.denoiser import Denoiser
 from probe.models.hooks import capture, hooks
 from probe.models.udit import DownsampledAttention, FeedForward, UDiT, apply_rope, rope_2d
+from tests.helpers import build_preset, perturb
 
 SIZE = 16
 
 
-def build(channels=1, learn_sigma=False, num_classes=0, image_size=SIZE, arch="udit-xs",
-          windows=()):
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, image_size=image_size, channels=channels,
-                      learn_sigma=learn_sigma, num_classes=num_classes, windows=windows)
-    return zoo.build(cfg)
+def build(channels=1, learn_sigma=False, image_size=SIZE, arch="udit-xs", **kwargs):
+    return build_preset(arch, channels, learn_sigma, image_size=image_size, **kwargs)
 
-
-@torch.no_grad()
-def perturb(model, scale=0.05, seed=1):
-    """Move every weight off its initial value (adaLN-Zero would hide the attention)."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model
 
 
 @pytest.fixture(scope="module")
