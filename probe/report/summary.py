@@ -18,10 +18,10 @@ from probe.metrics.tables import read_table
 HEADLINES = {
     "generalization": ("psnr_gap_mean", "psnr_train", "psnr_test", "memorized_fraction",
                        "reproducibility", "reproducible_fraction", "fid"),
-    "locality": ("mean_distance", "mass_r1", "entropy", "radius_90"),
-    "basis": ("harmonicity_eigen", "trace", "asymmetry", "linearity", "eig_below_half",
-              "memorization_signature", "agreement"),
-    "attribution": ("radius_50", "radius_90", "mean_distance", "importance"),
+    "locality": ("distance_px", "mass_r1", "entropy", "radius90"),
+    "basis": ("harmonicity_eigen", "trace", "asymmetry", "linearity", "eigen_below_half",
+              "memorization_cos", "agreement_split"),
+    "attribution": ("radius_50", "radius_90", "mean_distance", "head_importance"),
 }
 MODEL = ["arch", "n", "split", "window", "windows"]
 
