@@ -51,7 +51,7 @@ from probe.config import ATTRIBUTION_METHODS, AttributionConfig, to_dict
 from probe.errors import ProbeError
 from probe.metrics.attribution import channel_mass, nearest_neighbours, pixel_label
 from probe.models.hooks import hook_points, hooks
-from probe.probes.common import SOURCES, ResumableH5, fixed_noise, probe_indices
+from probe.probes.common import ResumableH5, check_inputs, fixed_noise, probe_indices
 
 FILENAME = "attribution.h5"
 TABLE = "attribution"
@@ -283,11 +283,7 @@ def probe_path(store: Artifacts, run_id: str) -> Path:
 
 
 def validate(cfg: AttributionConfig) -> None:
-    bad = [s for s in cfg.sigmas if not (s > 0 and np.isfinite(s))]
-    if not cfg.sigmas or bad:
-        raise ProbeError(f"noise levels must be positive, got {bad[0] if bad else 'none'}")
-    if cfg.source not in SOURCES:
-        raise ProbeError(f"--from must be test or train, got {cfg.source!r}")
+    check_inputs(cfg.sigmas, cfg.source)
     if cfg.method not in ATTRIBUTION_METHODS:
         raise ProbeError(f"--method must be one of {', '.join(ATTRIBUTION_METHODS)}")
     if min(cfg.images, cfg.ig_steps, cfg.batch, cfg.samples, cfg.sample_steps) < 1:

@@ -53,10 +53,17 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
         raise ProbeError(f"--sigmas must be comma-separated numbers, got {text!r}") from None
     if not sigmas:
         raise ProbeError("--sigmas is empty")
-    bad = [s for s in sigmas if not s > 0 or not np.isfinite(s)]
-    if bad:
-        raise ProbeError(f"noise levels must be positive, got {bad[0]:g}")
+    check_inputs(sigmas)
     return sigmas
+
+
+def check_inputs(sigmas, source: str = "test") -> None:
+    """The checks every probe's options share: positive, finite noise levels; a known source."""
+    bad = [s for s in sigmas if not (s > 0 and np.isfinite(s))]
+    if not sigmas or bad:
+        raise ProbeError(f"noise levels must be positive, got {bad[0] if bad else 'none'}")
+    if source not in PROBE_SOURCES:
+        raise ProbeError(f"--from must be test or train, got {source!r}")
 
 
 def _attr(value):

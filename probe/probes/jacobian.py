@@ -54,10 +54,10 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh, svds
 
 from probe.artifacts import Artifacts
-from probe.config import JACOBIAN_METHODS, PROBE_SOURCES, JacobianConfig, to_dict
+from probe.config import JACOBIAN_METHODS, JacobianConfig, to_dict
 from probe.errors import ProbeError
 from probe.models.attention import set_backend
-from probe.probes.common import ResumableH5, fixed_noise, probe_indices
+from probe.probes.common import ResumableH5, check_inputs, fixed_noise, probe_indices
 
 FILENAME = "jacobian.h5"
 ROOT = "jacobian"
@@ -493,11 +493,7 @@ def run_jacobian_basis(runs, store: Artifacts, cfg: JacobianConfig | None = None
 
 
 def validate(cfg: JacobianConfig) -> None:
-    bad = [s for s in cfg.sigmas if not (s > 0 and np.isfinite(s))]
-    if not cfg.sigmas or bad:
-        raise ProbeError(f"noise levels must be positive, got {bad[0] if bad else 'none'}")
-    if cfg.source not in PROBE_SOURCES:
-        raise ProbeError(f"--from must be test or train, got {cfg.source!r}")
+    check_inputs(cfg.sigmas, cfg.source)
     if cfg.method not in JACOBIAN_METHODS:
         raise ProbeError(f"--method must be one of {', '.join(JACOBIAN_METHODS)}")
     if cfg.images < 1 or cfg.k < 1 or cfg.probes < 1 or not cfg.tol >= 0:
