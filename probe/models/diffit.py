@@ -46,6 +46,7 @@ from probe.models.dit import (
     Mlp,
     PatchEmbed,
     TimestepEmbedder,
+    init_patch_projection,
     sincos_2d,
     unpatchify,
 )
@@ -291,9 +292,7 @@ class LatentDiffiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        init_patch_projection(self.x_embedder.proj)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.y_embedder is not None:

@@ -45,6 +45,14 @@ def unpatchify(x: torch.Tensor, grid: tuple[int, int], patch: int, channels: int
     return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], channels, h * patch, w * patch)
 
 
+def init_patch_projection(proj: nn.Conv2d) -> None:
+    """The reference's patch-embedding init: xavier-uniform as if the conv were a linear layer
+    on flattened patches, zero bias."""
+    w = proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(proj.bias)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
@@ -169,9 +177,7 @@ class DiT(nn.Module):
                     nn.init.zeros_(module.bias)
 
         self.apply(basic)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        init_patch_projection(self.x_embedder.proj)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)

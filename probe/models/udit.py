@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probe.models.attention import explicit_attention
-from probe.models.dit import LabelEmbedder, TimestepEmbedder
+from probe.models.dit import LabelEmbedder, TimestepEmbedder, init_patch_projection
 from probe.models.hooks import HookPoint
 
 LOGIT_SCALE_MAX = math.log(100.0)  # Swin-v2 clamp on the cosine-attention temperature
@@ -422,9 +422,7 @@ class UDiT(nn.Module):
                     nn.init.zeros_(module.bias)
 
         self.apply(basic)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        init_patch_projection(self.x_embedder.proj)
         for level in (1, 2, 3):
             t_embedder = getattr(self, f"t_embedder_{level}")
             nn.init.normal_(t_embedder.mlp[0].weight, std=0.02)
