@@ -26,21 +26,14 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
-from probe import artifacts  # noqa: E402
 from probe.artifacts import Artifacts  # noqa: E402
 from probe.metrics.attribution import RF_METRICS  # noqa: E402
 from probe.metrics.tables import read_table  # noqa: E402
 from probe.probes.attribution import FILENAME, TABLE  # noqa: E402
+from probe.report.figures import save_png  # noqa: E402
 
 LABELS = {"radius_50": "radius holding 50% (px)", "radius_90": "radius holding 90% (px)",
           "mean_distance": "mean attribution distance (px)"}
-
-
-def save(fig, path: Path) -> Path:
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _slug(value: float) -> str:
@@ -131,7 +124,7 @@ def rf_maps_figure(store: Artifacts, df: pd.DataFrame, sigma: float) -> Path | N
         rf_panel(ax, mass, pixel, radii, f"{row['model']}\nN={row['n']} {row['split']}")
     fig.suptitle(f"receptive field of output pixel x,y = {label}, σ={sigma:g}\n"
                  "(circles: 50% / 90% of |attribution|)", fontsize=8, y=1.0 + 0.25 / len(models))
-    return save(fig, store.figures_dir / f"attribution_rf_maps_s{_slug(sigma)}.png")
+    return save_png(fig, store.figures_dir / f"attribution_rf_maps_s{_slug(sigma)}.png")
 
 
 def radius_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
@@ -143,7 +136,7 @@ def radius_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
         radius_lines(ax, data, metric)
     axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("effective receptive field vs training-set size", fontsize=9)
-    return save(fig, store.figures_dir / "attribution_radius_vs_n.png")
+    return save_png(fig, store.figures_dir / "attribution_radius_vs_n.png")
 
 
 def heads_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
@@ -165,7 +158,7 @@ def heads_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
     fig.colorbar(points, ax=axes, label="layer", shrink=0.6)
     fig.suptitle("are the heads that matter the local ones? (every head, layer and σ)",
                  fontsize=9)
-    return save(fig, store.figures_dir / "attribution_heads_vs_locality.png")
+    return save_png(fig, store.figures_dir / "attribution_heads_vs_locality.png")
 
 
 def draw(store: Artifacts, run_ids: list[str] | None = None) -> list[Path]:

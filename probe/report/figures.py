@@ -32,6 +32,14 @@ def save(fig, stem: Path) -> Path:
     return stem.with_suffix(".png")
 
 
+def save_png(fig, path: Path, dpi: int = 150, bbox_inches: str | None = "tight") -> Path:
+    """Write one PNG atomically and close the figure."""
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
+    plt.close(fig)
+    return path
+
+
 def slug(text) -> str:
     """File-name-safe text; '.' becomes 'p' so a suffix is never mistaken (sigma 0.1 -> 0p1)."""
     return re.sub(r"[^A-Za-z0-9]+", "-", str(text).replace(".", "p")).strip("-")

@@ -22,18 +22,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from probe import artifacts  # noqa: E402
 from probe.artifacts import Artifacts  # noqa: E402
 from probe.metrics.tables import read_table  # noqa: E402
+from probe.report.figures import save_png  # noqa: E402
 
 H5, TABLE = "generalization.h5", "generalization"
-
-
-def _save(fig, path: Path) -> Path:
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _h5_paths(store: Artifacts, runs) -> dict[str, Path]:
@@ -93,7 +86,7 @@ def sample_pairs_figure(store: Artifacts, runs, path: Path, count: int = 8) -> P
         axes[i, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle("Same noise, models trained on disjoint sets: samples and nearest training "
                  "images", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def similarity_histograms_figure(store: Artifacts, runs, path: Path) -> Path | None:
@@ -123,7 +116,7 @@ def similarity_histograms_figure(store: Artifacts, runs, path: Path) -> Path | N
         ax.set_title(f"N = {n}", fontsize=8)
         ax.set_xlabel("cosine similarity", fontsize=7)
     axes[0, 0].legend(fontsize=6, loc="upper left")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _psnr_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -152,7 +145,7 @@ def psnr_gap_vs_sigma_figure(table: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xlabel("noise level sigma ([-1, 1] scale)", fontsize=7)
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("PSNR gap, train - test (dB)", fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def psnr_gap_vs_n_figure(table: pd.DataFrame, path: Path) -> Path | None:
@@ -170,7 +163,7 @@ def psnr_gap_vs_n_figure(table: pd.DataFrame, path: Path) -> Path | None:
     ax.set_xlabel("training set size N", fontsize=7)
     ax.set_ylabel("mean PSNR gap over sigma (dB)", fontsize=7)
     ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def draw_all(store: Artifacts, runs=None) -> list[Path]:

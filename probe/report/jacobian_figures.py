@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from probe import artifacts  # noqa: E402
 from probe.artifacts import Artifacts  # noqa: E402
 from probe.metrics.tables import read_table  # noqa: E402
 from probe.probes.jacobian import file_attrs, probe_path, read_groups  # noqa: E402
+from probe.report.figures import save_png  # noqa: E402
 
 SHOW = 8  # eigenvectors per row of the grids
 LINESTYLES = ("-", "--", ":", "-.")
@@ -127,10 +127,7 @@ def _save(axes: np.ndarray, path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=120, bbox_inches=None)
 
 
 def draw(store: Artifacts, run_ids: list[str]) -> list[Path]:
