@@ -145,9 +145,9 @@ def naive_rows(f, y, rows: int) -> torch.Tensor:
 def floor_rows(denoiser, y, shape, rows: int, chunk: int) -> Callable[[], torch.Tensor]:
     """A batch of `chunk` copies of y, its forward done once, outside the timing; the timed part
     is one backward per `chunk` rows (each copy carries one identity row's cotangent). The graph
-    is built once for all rounds, so its memory is warm: the full method builds a fresh graph
-    per call and pays glibc's page faults for it (measured: its backward passes run ~1.25x
-    slower on a fresh graph than on a warm one, the same once the graph is reused)."""
+    is built once for all rounds, so its memory is warm. (The full method builds a fresh graph per
+    call; with glibc's default trimming its backward passes ran ~1.2x slower than these, page-
+    faulting freed buffers back in, hence probe.allocator.)"""
     x = y.reshape(1, *shape).repeat(chunk, 1, 1, 1).requires_grad_(True)
     out = denoiser(x, SIGMA)
     d = y.numel()
@@ -250,7 +250,7 @@ def lanczos_vs_full(d: int, k: int, rounds: int) -> list[Row]:
     products = {}
 
     def lanczos():
-        basis = jac.decompose_lanczos(jac.Linearised(f, y), k, chunk=chunk)
+        basis = jac.decompose_lanczos(jac.Linearised(f, y), k)
         products["lanczos"] = basis.products
         return basis
 
@@ -266,7 +266,7 @@ def lanczos_vs_full(d: int, k: int, rounds: int) -> list[Row]:
     return [
         Row(f"{tag} full: J + dense eigh/SVD", t["full"].median_s, "s", t["full"],
             mib(peaks["full"])),
-        Row(f"{tag} lanczos: eigsh + svds + {lan.probes} Hutchinson probes",
+        Row(f"{tag} lanczos: one Lanczos on (J+J^T)/2, Ritz SVD, {lan.probes} deflated probes",
             t["lanczos"].median_s, "s", t["lanczos"],
             f"{products['lanczos']} products; {mib(peaks['lanczos'])}"),
         Row(f"{tag} full / lanczos (target >= 10)", t["full"].median_s / t["lanczos"].median_s,

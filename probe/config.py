@@ -198,8 +198,8 @@ class JacobianConfig:
     method: str = "auto"  # full | lanczos | auto (full when d is small enough, see jacobian.py)
     k: int = 64  # eigen- and singular vectors kept (and all that lanczos computes)
     seed: int = 0  # choice of images and of the noise z in y = x + sigma z
-    probes: int = 64  # lanczos: Hutchinson probe vectors for the trace and asymmetry estimates
-    tol: float = 1e-6  # lanczos: ARPACK relative tolerance (float32 products are noisier)
+    probes: int = 16  # lanczos: Hutchinson probes (deflated) for the trace and asymmetry
+    tol: float = 1e-4  # lanczos: stop when every top-k residual ||S x - theta x|| <= tol |theta|
 
 
 # --------------------------------------------------------------------------------- attribution

@@ -20,15 +20,16 @@ _J = JacobianConfig()
 @click.option("--from", "source", type=click.Choice(PROBE_SOURCES), default=_J.source,
               help="Probe images from the held-out set or the run's own training subset.")
 @click.option("--method", type=click.Choice(JACOBIAN_METHODS), default=_J.method,
-              help="full: the whole d x d Jacobian; lanczos: matrix-free top-k (ARPACK); "
+              help="full: the whole d x d Jacobian; lanczos: matrix-free top-k (Lanczos); "
                    "auto: full when d is small enough.")
 @click.option("--k", type=click.IntRange(1), default=_J.k,
               help="Eigen- and singular vectors kept (must be below d).")
 @click.option("--seed", type=int, default=_J.seed, help="Image choice and noise seed.")
 @click.option("--probes", type=click.IntRange(1), default=_J.probes,
-              help="lanczos: Hutchinson probe vectors for trace and asymmetry.")
+              help="lanczos: Hutchinson probe vectors for trace and asymmetry (deflated).")
 @click.option("--tol", type=click.FloatRange(0), default=_J.tol,
-              help="lanczos: ARPACK relative tolerance.")
+              help="lanczos: stop once every top-k Ritz residual is below tol x |eigenvalue| "
+                   "(each eigenvalue is then within tol, relative).")
 @click.option("--figures/--no-figures", default=True, help="Draw figures/jacobian/*.png.")
 @dry_run_option
 @click.pass_obj

@@ -20,13 +20,12 @@ Two ways to get there:
   the same rows but measured from as fast to 1.35x slower on CPU (its batching rules copy the
   shared saved tensors: softmax backward, matmuls). Then dense symmetric eigensolvers: exact
   trace and asymmetry, every eigenvalue and singular value stored (vectors: the top k).
-- `lanczos`: matrix-free, from one forward whose graph is kept (`Linearised`). ARPACK (`eigsh`,
-  `svds`) on LinearOperators whose products are J^T u (`torch.func.vjp`) and J v (the vjp of the
-  vjp: u -> J^T u is linear, so its own vjp is v -> J v; it reuses the kept graph where
-  `torch.func.jvp` would redo the forward, and measured faster on CPU). Only the top k eigen/
-  singular values exist, so trace and asymmetry are Hutchinson estimates with fixed Rademacher
-  probes z_i (E[z^T J z] = tr J, E||J z - J^T z||^2 = ||J - J^T||_F^2, E||J^T z||^2 =
-  ||J||_F^2); their relative error is about sqrt(2 / (probes x effective rank)).
+- `lanczos`: matrix-free, from one forward whose graph is kept (`Linearised`): products J^T u
+  (`torch.func.vjp`) and J v (the vjp of the vjp: u -> J^T u is linear, so its own vjp is
+  v -> J v; it reuses the kept graph where `torch.func.jvp` would redo the forward, and measured
+  faster on CPU). One Lanczos process on (J + J^T)/2 keeps every product and serves the eigen-
+  pairs (with exact residuals), the singular triplets and deflated Hutchinson estimates of trace
+  and asymmetry: probe.probes.lanczos. Only the top k eigen/singular values exist.
 - `auto`: `full` while the matrix and its decompositions fit in memory and d <= AUTO_FULL_ROWS_PER_K
   x k, else `lanczos` (see benchmarks/bench_jacobian.py for where the two cross).
 
@@ -51,12 +50,13 @@ import numpy as np
 import psutil
 import scipy.linalg
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh, svds
 
+from probe.allocator import keep_freed_memory
 from probe.artifacts import Artifacts
 from probe.config import JACOBIAN_METHODS, JacobianConfig, to_dict
 from probe.errors import ProbeError
 from probe.models.attention import set_backend
+from probe.probes import lanczos
 from probe.probes.common import ResumableH5, check_inputs, fixed_noise, probe_indices
 
 FILENAME = "jacobian.h5"
@@ -68,10 +68,12 @@ MEMORY_FRACTION = 0.5  # share of the free memory a probe lets itself use
 ROWS_PER_THREAD = 8  # Jacobian rows per backward per intra-op thread: on one CPU core batches
 # of 4..16 rows cost the same per row and 32 cost 1.4x more (cache); more threads need more rows
 BACKWARD_OVERHEAD = 3  # a batched row holds its forward's saves plus ~2 copies in the backward
-# auto: full while d <= this x k. Lanczos spent ~12 products per wanted pair (eigsh + svds) plus
-# 2 per Hutchinson probe (d = 4096, k = 64: 911 products) and a product costs about one row of
-# the full method, so up to ~16 k rows full costs about as much and gives the exact spectrum.
+# auto: full while d <= this x k. Lanczos spends about 2.7 k steps of 2 products (J v costs
+# ~1.35 rows, J^T u ~1.1), k more for the singular vectors and 2 per Hutchinson probe: about
+# 9 k rows (d = 4096, k = 64: 172 steps). Full costs d rows plus dense eigensolvers but gives the
+# exact spectrum, so it is kept up to about twice the cost.
 AUTO_FULL_ROWS_PER_K = 16
+LANCZOS_STEPS_PER_K = 8  # lanczos gives up after this x k + 128 steps
 
 
 # ------------------------------------------------------------------------------ linearisation
@@ -146,11 +148,6 @@ def chunk_size(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
     return int(max(1, min(most, y.numel(), MEMORY_FRACTION * available // per_row)))
 
 
-def _batched(op: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, chunk: int
-             ) -> torch.Tensor:
-    return torch.cat([op(vectors[i:i + chunk]) for i in range(0, len(vectors), chunk)])
-
-
 def full_jacobian(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
                   chunk: int | None = None, rows: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +161,7 @@ def full_jacobian(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
     computes the same rows, but its batching rules copy the unbatched saved tensors (softmax,
     matmul) for every chunk: measured up to 1.35x slower on CPU, benchmarks/bench_jacobian.py.)
     """
+    keep_freed_memory()  # the row passes reuse their buffers instead of page-faulting new ones
     d = y.numel()
     rows = d if rows is None else min(rows, d)
     chunk = min(chunk or chunk_size(f, y), rows)
@@ -286,58 +284,44 @@ def decompose_full(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, k
                  _linearity(value, jy), value, "exact", 0, d)
 
 
-def _operator(lin: Linearised, which: str) -> LinearOperator:
-    """J (matvec J v, rmatvec J^T u) or its symmetric part, on float64 numpy vectors."""
+def _products(lin: Linearised) -> tuple[lanczos.Product, lanczos.Product]:
+    """J v and J^T u of the linearised denoiser on float64 numpy vectors."""
 
     def to_torch(x):
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(lin.dtype)
 
     def jv(x):
-        return lin.jvp(to_torch(x).reshape(-1)).double().numpy()
+        return lin.jvp(to_torch(x)).double().numpy()
 
     def jtv(x):
-        return lin.vjp(to_torch(x).reshape(-1)).double().numpy()
+        return lin.vjp(to_torch(x)).double().numpy()
 
-    if which == "sym":
-        return LinearOperator((lin.d, lin.d), matvec=lambda x: 0.5 * (jv(x) + jtv(x)),
-                              dtype=np.float64)
-    return LinearOperator((lin.d, lin.d), matvec=jv, rmatvec=jtv, dtype=np.float64)
+    return jv, jtv
 
 
-def hutchinson(lin: Linearised, probes: int, seed: int, chunk: int) -> tuple[float, float]:
-    """(trace, asymmetry) estimated with `probes` fixed Rademacher vectors."""
-    rng = np.random.default_rng([seed, 1])
-    z = torch.from_numpy(rng.choice([-1.0, 1.0], size=(probes, lin.d))).to(lin.dtype)
-    jtz = _batched(lin.vjp, z, chunk).double()  # rows z^T J
-    jz = _batched(lin.jvp, z, chunk).double()  # rows (J z)^T
-    zd = z.double()
-    trace = float((zd * jtz).sum(1).mean())
-    fro2 = float((jtz**2).sum(1).mean())
-    asym2 = float(((jz - jtz) ** 2).sum(1).mean())
-    return trace, float(np.sqrt(asym2 / max(fro2, 1e-300)))
-
-
-def decompose_lanczos(lin: Linearised, k: int, tol: float = 1e-6, probes: int = 64,
-                      seed: int = 0, chunk: int | None = None) -> Basis:
-    d = lin.d
-    chunk = chunk or chunk_size(lin.f, lin.y)
-    v0 = np.random.default_rng([seed, 0]).standard_normal(d)
+def decompose_lanczos(lin: Linearised, k: int, tol: float = 1e-4, probes: int = 16,
+                      seed: int = 0, max_steps: int | None = None) -> Basis:
+    """Top-k eigenpairs of (J + J^T)/2 and singular triplets of J, matrix-free (see
+    probe.probes.lanczos): one Lanczos process whose products serve all three results."""
+    keep_freed_memory()
+    jv, jtv = _products(lin)
+    rng = np.random.default_rng([seed, 0])
+    max_steps = max_steps or LANCZOS_STEPS_PER_K * k + 128
     try:
-        evals, evecs = eigsh(_operator(lin, "sym"), k=k, which="LA", tol=tol, v0=v0)
-        u, s, vt = svds(_operator(lin, "jac"), k=k, tol=tol, v0=v0)
-    except ArpackNoConvergence:
-        raise ProbeError(f"lanczos did not converge for k = {k} at tol {tol:g}; raise --tol or "
-                         "lower --k, or use --method full") from None
-    order = np.argsort(evals)[::-1]
-    evals, evecs = evals[order], evecs[:, order]
-    order = np.argsort(s)[::-1]
-    s, u, v = s[order], u[:, order], vt[order].T
-    left, right = _sign_fix(u, v)
-    trace, asymmetry = hutchinson(lin, probes, seed, chunk)
+        basis = lanczos.symmetric_lanczos(jv, jtv, lin.d, k, tol, rng, max_steps)
+    except lanczos.NoConvergence:
+        raise ProbeError(f"lanczos did not converge for k = {k} at tol {tol:g} in "
+                         f"{min(max_steps, lin.d)} steps; raise --tol or lower --k, or use "
+                         "--method full") from None
+    eigen = lanczos.ritz_eigen(basis, k)
+    svd = lanczos.ritz_singular(basis, k, jtv)
+    left, right = _sign_fix(svd.left, svd.right)
+    traces = lanczos.deflated_hutchinson(basis, jv, jtv, probes, np.random.default_rng([seed, 1]))
     value = lin.value.double().numpy()
-    jy = lin.jvp(lin.y).double().numpy()
-    return Basis("lanczos", evals, _sign_fix(evecs)[0], s, left, right, trace, asymmetry,
-                 _linearity(value, jy), value, "hutchinson", probes,
+    jy = jv(lin.y.double().numpy())
+    asymmetry = float(np.sqrt(traces.asymmetry2 / max(traces.frobenius2, 1e-300)))
+    return Basis("lanczos", eigen.values, _sign_fix(eigen.vectors)[0], svd.values, left, right,
+                 traces.trace, asymmetry, _linearity(value, jy), value, "hutchinson", probes,
                  lin.calls["vjp"] + lin.calls["jvp"])
 
 
@@ -348,7 +332,7 @@ def analyse(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, k: int,
     method = resolve_method(method, y.numel(), k)
     if method == "full":
         return decompose_full(f, y, k, chunk)
-    return decompose_lanczos(Linearised(f, y), k, tol, probes, seed, chunk)
+    return decompose_lanczos(Linearised(f, y), k, tol, probes, seed)
 
 
 # ------------------------------------------------------------------------------------ storage
