@@ -62,6 +62,16 @@ def relative_position_index(height: int, width: int) -> torch.Tensor:
     return dy * (2 * width - 1) + dx
 
 
+def xavier_linears(model: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every nn.Linear, visited in `modules()` order
+    (the order fixes which random numbers each layer draws)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class TMSA(nn.Module):
     """Time-dependent multi-head self-attention with relative position bias on a token grid.
 
@@ -215,11 +225,7 @@ class DiffiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        xavier_linears(self)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.y_embedder is not None:
@@ -287,11 +293,7 @@ class LatentDiffiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        xavier_linears(self)
         init_patch_projection(self.x_embedder.proj)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
