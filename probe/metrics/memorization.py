@@ -3,8 +3,8 @@ them.
 
 - `nearest_neighbours`: exact k-NN of queries in a reference set (l2 or cosine, optionally
   after removing each image's own mean), by chunked matrix products: candidates from a float32
-  matmul over reference chunks (`margin` more than k kept per query), then re-ranked by
-  float64 distances computed directly, without the cancellation of the matmul expansion: the
+  matmul over reference chunks (`margin` more than k kept per query), then re-ranked in
+  float64 (a float64 matmul per block of queries, near-copies computed directly): the
   answer is the brute-force one (ties go to the lower index) unless more than
   `margin` rows lie within float32 rounding of the k-th distance.
 - `nn_ratio` / `memorized_fraction`: ||x - NN1|| / ||x - NN2|| < 1/3 (Yoon et al. 2023; Gu et al.
