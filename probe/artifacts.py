@@ -3,10 +3,18 @@
 Layout under the artifacts root (``--artifacts`` / ``PROBE_ARTIFACTS``, default ``./artifacts``)::
 
     data/<data-key>/      images.npy, partition.npy, keys.txt, manifest.json, subsets.json
-    runs/<run-id>/        config.json, model/ema.safetensors, state.pt, stats.jsonl, samples.png
-    probes/<run-id>/      attention.h5, jacobian.h5, generalization.h5, attribution.h5
-    tables/               tidy .parquet/.csv tables across runs
+    runs/<run-id>/        config.json, subset.json, model.safetensors, ema.safetensors (its
+                          presence marks a finished run), stats.jsonl, samples.png,
+                          checkpoints/step-XXXXXXX/{model,ema}.safetensors + state.pt
+    last-runs.json        the runs the latest `probe train-split` made (`--last`)
+    probes/<run-id>/      attention.h5, jacobian.h5, generalization.h5, attribution.h5,
+                          samples.h5 / samples.png, and each probe's table of that run
+    tables/               tidy .parquet/.csv tables across runs (one per probe, and the
+                          cross-probe joins `probe report` builds)
     figures/              .png/.pdf figures drawn from the tables and HDF5 files
+    report.md             `probe report`
+
+Every file name is defined here, once.
 """
 
 from __future__ import annotations
@@ -25,6 +33,24 @@ import numpy as np
 DEFAULT_ROOT = "artifacts"
 ENV_ROOT = "PROBE_ARTIFACTS"
 
+# data/<key>/
+MANIFEST, IMAGES, PARTITION, KEYS, SUBSETS = (
+    "manifest.json", "images.npy", "partition.npy", "keys.txt", "subsets.json")
+# runs/<id>/
+RUN_CONFIG, RUN_SUBSET, RUN_STATS, RUN_SAMPLES = (
+    "config.json", "subset.json", "stats.jsonl", "samples.png")
+MODEL_WEIGHTS, EMA_WEIGHTS, TRAINING_STATE = "model.safetensors", "ema.safetensors", "state.pt"
+CHECKPOINTS, CHECKPOINT_PREFIX = "checkpoints", "step-"
+LAST_RUNS = "last-runs.json"
+# probes/<id>/: each probe's file and the name of its tidy table (tables/<name>.parquet|csv)
+ATTENTION_H5, JACOBIAN_H5, GENERALIZATION_H5, ATTRIBUTION_H5 = (
+    "attention.h5", "jacobian.h5", "generalization.h5", "attribution.h5")
+SAMPLES_H5, SAMPLES_PNG = "samples.h5", "samples.png"
+LOCALITY_TABLE, BASIS_TABLE, GENERALIZATION_TABLE, ATTRIBUTION_TABLE = (
+    "locality", "basis", "generalization", "attribution")
+LOCALITY_GAP_TABLE, HEAD_LOCALITY_TABLE = "locality_gap", "head_locality"
+REPORT_MD = "report.md"
+
 
 @dataclass(frozen=True)
 class Artifacts:
@@ -42,8 +68,20 @@ class Artifacts:
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
     def probe_dir(self, run_id: str) -> Path:
         return self.root / "probes" / run_id
+
+    def probe_file(self, run_id: str, name: str) -> Path:
+        """probes/<run-id>/<name>: one probe's file (or table) of one run."""
+        return self.probe_dir(run_id) / name
+
+    def table(self, name: str) -> Path:
+        """tables/<name> (without suffix: tables are written as .parquet and .csv)."""
+        return self.tables_dir / name
 
     @property
     def tables_dir(self) -> Path:

@@ -85,15 +85,15 @@ def load_weights(path: Path, model: nn.Module) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: nn.Module,
                     optimizer: torch.optim.Optimizer, metadata: dict, keep: bool) -> Path:
-    root = run_dir / "checkpoints"
+    root = run_dir / artifacts.CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    final = root / f"{artifacts.CHECKPOINT_PREFIX}{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{artifacts.CHECKPOINT_PREFIX}", dir=root))
     try:
         meta = {**metadata, "step": step}
-        save_weights(tmp / "model.safetensors", model, meta)
-        save_weights(tmp / "ema.safetensors", ema, meta)
-        with artifacts.atomic_path(tmp / "state.pt") as state_tmp:
+        save_weights(tmp / artifacts.MODEL_WEIGHTS, model, meta)
+        save_weights(tmp / artifacts.EMA_WEIGHTS, ema, meta)
+        with artifacts.atomic_path(tmp / artifacts.TRAINING_STATE) as state_tmp:
             torch.save({"step": step, "optimizer": optimizer.state_dict()}, state_tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -110,11 +110,12 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: nn.Module,
 
 def checkpoints(run_dir: Path) -> list[Path]:
     """Complete periodic checkpoints, oldest first."""
-    root = run_dir / "checkpoints"
+    root = run_dir / artifacts.CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
+    return sorted(p for p in root.glob(f"{artifacts.CHECKPOINT_PREFIX}*")
+                  if (p / artifacts.TRAINING_STATE).is_file())
 
 
 def load_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+    return torch.load(checkpoint / artifacts.TRAINING_STATE, map_location="cpu", weights_only=True)

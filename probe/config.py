@@ -7,13 +7,15 @@ them next to its outputs, so any output can be traced to the exact settings that
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import tomli_w
+
+from probe.errors import ProbeError
 
 # ---------------------------------------------------------------------------------------- data
 
@@ -22,6 +24,7 @@ DATASETS = (
     "fashion-mnist", "celeba", "lsun", "imagenet", "folder",
 )
 CROPS = ("center", "dit", "kadkhodaie", "none")
+SYNTHETIC_COUNT = 10_000  # images of a synthetic set or of `patches` when --count is not given
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class DataConfig:
     # rows 29:-29, cols 9:-9 (CelebA); none: squash the whole image
     dedup: float | None = None  # drop one of each pair of 20x20 thumbnails correlating above
     classes: tuple[str, ...] = ()  # imagenet: keep only these wnids
-    count: int | None = None  # synthetic sets and patches: how many images to generate
+    count: int | None = None  # synthetic sets and patches: how many (None: SYNTHETIC_COUNT)
     alpha: float = 2.0  # c-alpha: regularity of the contours
     generator_seed: int = 0  # synthetic sets and patches: seed of the generator
 
@@ -104,12 +107,6 @@ def loads_toml(cls, text: str):
     return from_dict(cls, tomllib.loads(text))
 
 
-def load_toml(cls, path: str | Path):
-    return loads_toml(cls, Path(path).read_text())
-
-
-
-
 # --------------------------------------------------------------------------------------- model
 
 OBJECTIVES = ("ddpm", "edm", "blind")
@@ -165,7 +162,16 @@ class RunConfig:
 
 PROBE_SOURCES = ("test", "train")  # probe images: the held-out set or the run's own subset
 
-ATTENTION_STORES = ("all", "mean-heads", "none")
+
+def check_sigmas(sigmas) -> tuple[float, ...]:
+    """Positive, finite noise levels, at least one (every probe's --sigmas)."""
+    sigmas = tuple(float(s) for s in sigmas)
+    bad = [s for s in sigmas if not (s > 0 and math.isfinite(s))]
+    if not sigmas or bad:
+        raise ProbeError(f"noise levels must be positive, got {bad[0] if bad else 'none'}")
+    return sigmas
+
+ATTENTION_MAPS = ("all", "mean-heads", "none")  # what attention-locality keeps of the maps
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class AttentionConfig:
     images: int = 16  # fixed, seeded images per run
     source: str = "test"  # test | train: the run's held-out set or its own training subset
     seed: int = 0  # image choice and fixed noise (same for every run of a data set)
-    store: str = "all"  # all heads | mean-heads | none (metrics only)
+    maps: str = "all"  # keep the maps of all heads | their mean (mean-heads) | none
     max_gb: float = 2.0  # refuse to write more attention maps than this (uncompressed, 1e9 B)
     queries: tuple[str, ...] = ("center",)  # figure queries: "center" or "y,x" (finest grid)
     radii: tuple[int, ...] = (1, 2, 4)  # mass within these Chebyshev radii, in tokens
@@ -257,3 +263,4 @@ class GeneralizationConfig:
     mean_removed: bool = False  # nearest neighbours / cosines after removing each image's mean
     threshold: float = 0.9  # a pair of same-noise samples is "reproducible" above this cosine
     fid_weights: str | None = None  # FID Inception state dict or TorchScript feature extractor
+    pairs: tuple[tuple[str, str], ...] = ()  # run ids compared sample by sample (with twins)

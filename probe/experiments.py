@@ -14,22 +14,20 @@ skips finished training runs and finished probe outputs.
     run = ["attention-locality", "@runs"]   # @runs: every run trained by earlier steps
 
 `${name}` is replaced from [vars]; an argument "@runs" expands to the run directories that the
-`train-split` steps printed (`run: PATH`).
+`train-split` steps returned. Steps run in this process through the CLI's own commands, so a
+step fails exactly as the command would (one line), prefixed with its step number.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shlex
-import sys
 import tomllib
 from pathlib import Path
 
-from probe.errors import ProbeError
+import click
 
-RUN_LINE = re.compile(r"^run: (.+)$", re.MULTILINE)
+from probe.errors import ProbeError
 
 
 def load(path: str | Path) -> dict:
@@ -65,25 +63,23 @@ def expand(args: list[str], variables: dict[str, str], runs: list[str]) -> list[
     return out
 
 
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams):
-        self.streams = streams
+def run_command(args: list[str]):
+    """One `probe` command in this process; returns what the command returns (train-split: its
+    run directories)."""
+    from probe.cli import cli
 
-    def write(self, text):
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            s.flush()
+    try:
+        with cli.make_context("probe", list(args)) as ctx:
+            return cli.invoke(ctx)
+    except click.exceptions.Exit:  # --help and friends
+        return None
+    except click.ClickException as exc:
+        raise ProbeError(exc.format_message()) from None
 
 
 def run_experiment(path: str | Path, artifacts_root: str, overrides: dict[str, str],
                    dry_run: bool = False, echo=print) -> list[str]:
     """Run every step in order through the real CLI; returns the runs trained."""
-    from probe.cli import cli
-
     doc = load(path)
     variables = {k: str(v) for k, v in doc.get("vars", {}).items()}
     unknown = set(overrides) - set(variables)
@@ -100,12 +96,10 @@ def run_experiment(path: str | Path, artifacts_root: str, overrides: dict[str, s
             if args[0] == "train-split":
                 runs.append(f"<runs of step {i}>")
             continue
-        captured = io.StringIO()
-        with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
-            try:
-                cli.main(["--artifacts", artifacts_root, *args], prog_name="probe")
-            except SystemExit as exc:
-                if exc.code not in (0, None):
-                    raise ProbeError(f"step {i} ({args[0]}) failed") from None
-        runs += [r for r in RUN_LINE.findall(captured.getvalue()) if r not in runs]
+        try:
+            result = run_command(["--artifacts", artifacts_root, *args])
+        except ProbeError as exc:
+            raise ProbeError(f"step {i} ({args[0]}): {exc}") from None
+        if args[0] == "train-split" and result:
+            runs += [str(r) for r in result if str(r) not in runs]
     return runs

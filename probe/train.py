@@ -33,13 +33,11 @@ from probe.data.subsets import max_n, subset_indices, write_subsets
 from probe.diffusion.losses import training_loss
 from probe.diffusion.samplers import sample_from_seeds
 from probe.errors import ProbeError
+from probe.formats.images import save_grid
 from probe.models import zoo
 from probe.models.denoiser import Denoiser
-from probe.report.images import save_grid
 
-CONFIG = "config.json"
-STATS = "stats.jsonl"
-SUBSET = "subset.json"
+CONFIG, STATS, SUBSET = artifacts.RUN_CONFIG, artifacts.RUN_STATS, artifacts.RUN_SUBSET
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -56,11 +54,6 @@ def resolve(cfg: RunConfig, prepared: Prepared) -> RunConfig:
     model = dataclasses.replace(cfg.model, image_size=prepared.manifest["size"],
                                 channels=prepared.manifest["channels"])
     return dataclasses.replace(cfg, model=model)
-
-
-def build_denoiser(cfg: RunConfig) -> Denoiser:
-    return Denoiser(zoo.build(cfg.model), cfg.train.objective, cfg.model.channels,
-                    cfg.model.image_size)
 
 
 def _device() -> torch.device:
@@ -147,7 +140,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
         _check_resume(run_dir, cfg)
     device = _device()
     torch.manual_seed(t.seed)
-    denoiser = build_denoiser(cfg).to(device)
+    denoiser = zoo.build_denoiser(cfg).to(device)
     ema = copy.deepcopy(denoiser).requires_grad_(False).eval()
     params = [p for p in denoiser.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -165,12 +158,12 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
     done = checkpoints.checkpoints(run_dir)
     if done:
         last = done[-1]
-        checkpoints.load_weights(last / "model.safetensors", denoiser.backbone)
-        checkpoints.load_weights(last / "ema.safetensors", ema.backbone)
+        checkpoints.load_weights(last / artifacts.MODEL_WEIGHTS, denoiser.backbone)
+        checkpoints.load_weights(last / artifacts.EMA_WEIGHTS, ema.backbone)
         state = checkpoints.load_state(last)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-        if start >= t.steps and (run_dir / "ema.safetensors").is_file():
+        if start >= t.steps and (run_dir / artifacts.EMA_WEIGHTS).is_file():
             log(f"{run_dir.name}: already trained ({start} steps)")
             return run_dir
         log(f"{run_dir.name}: resuming at step {start}")
@@ -224,12 +217,12 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
     bar(None, None)
     if rank == 0:
         final = {**metadata, "step": t.steps}
-        checkpoints.save_weights(run_dir / "model.safetensors", denoiser.backbone, final)
+        checkpoints.save_weights(run_dir / artifacts.MODEL_WEIGHTS, denoiser.backbone, final)
         if t.sample_grid:
             samples = sample_grid(ema, t.sample_grid, t.sample_steps, t.seed, device)
-            save_grid(run_dir / "samples.png", to_uint8(samples))
+            save_grid(run_dir / artifacts.RUN_SAMPLES, to_uint8(samples))
         # ema.safetensors last: its presence marks a finished run.
-        checkpoints.save_weights(run_dir / "ema.safetensors", ema.backbone, final)
+        checkpoints.save_weights(run_dir / artifacts.EMA_WEIGHTS, ema.backbone, final)
     if world > 1:
         torch.distributed.barrier()
     return run_dir

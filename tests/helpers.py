@@ -38,3 +38,42 @@ def perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch
     for p in model.parameters():
         p.add_(scale * torch.randn(p.shape, generator=gen))
     return model
+
+
+class FakeRun:
+    """A `probe.runs.Run` around any denoiser and random images: what a probe may read, and no
+    more (a run trained here, a diffusers folder and an analytic denoiser offer the same)."""
+
+    def __init__(self, denoiser, run_id: str = "fake", arch: str = "dit-xs/2", n: int | None = 10,
+                 split: str = "a", pixels: torch.Tensor | None = None, train: int = 2):
+        import numpy as np
+
+        self.denoiser, self.run_id, self.arch, self.n, self.split = denoiser, run_id, arch, n, split
+        self.pixels = pixels if pixels is not None else torch.rand(6, 1, 8, 8) * 2 - 1
+        self.image_shape = tuple(self.pixels.shape[1:])
+        self.value_range = (-1.0, 1.0)
+        self.dataset, self.objective, self.windows = "fake", "ddpm", ()
+        self.data_sha256, self.checkpoint_sha256 = "d", "0" * 64
+        self.test_indices = np.arange(len(self.pixels))
+        self.train_indices = np.arange(train)
+        self.training = None
+
+    def images(self, indices):
+        import numpy as np
+
+        return self.pixels[torch.as_tensor(np.asarray(indices))]
+
+    def provenance(self) -> dict:
+        return {"run_id": self.run_id, "arch": self.arch, "n": self.n, "split": self.split,
+                "dataset": self.dataset, "objective": self.objective, "checkpoint": "none",
+                "checkpoint_sha256": self.checkpoint_sha256, "data_sha256": self.data_sha256,
+                "subset_sha256": "s", "format": "fake"}
+
+
+def probe_one(probe, run, store, cfg, command: str = ""):
+    """Plan and probe one run into its file under `store` (what the driver does for each run);
+    returns the file's path."""
+    path = store.probe_file(run.run_id, probe.filename)
+    (plan,) = probe.plan([run], cfg, [path], lambda msg: None)
+    probe.probe(run, plan, cfg, path, command, lambda msg: None)
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -26,46 +25,21 @@ from probe.config import (
     TrainConfig,
 )
 from probe.errors import ProbeError
-from probe.metrics.locality import Grid, locality_metrics, metric_names
+from probe.formats import attention as fmt
+from probe.formats.attention import Grid
+from probe.metrics.locality import locality_metrics, metric_names, table_from_file
 from probe.models import zoo
 from probe.models.attention import Attention
 from probe.models.denoiser import Denoiser
 from probe.models.hooks import capture
 from probe.probes import attention as probe
-from probe.probes.common import fixed_noise
+from probe.seeding import fixed_noise
+from tests.helpers import FakeRun, probe_one
 
 SIGMAS = (0.5, 2.0)
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-@dataclass
-class FakeRun:
-    """The part of probe.runs.Run a probe reads, around any denoiser and random images."""
-
-    denoiser: Denoiser
-    run_id: str = "fake"
-    arch: str = "dit-xs/2"
-    n: int = 10
-    split: str = "a"
-    pixels: torch.Tensor = field(default_factory=lambda: torch.rand(6, 1, 8, 8) * 2 - 1)
-
-    @property
-    def test_indices(self):
-        return np.arange(len(self.pixels))
-
-    @property
-    def train_indices(self):
-        return np.arange(2)
-
-    def images(self, indices):
-        return self.pixels[torch.as_tensor(np.asarray(indices))]
-
-    def provenance(self):
-        return {"run_id": self.run_id, "arch": self.arch, "n": self.n, "split": self.split,
-                "checkpoint": "none", "checkpoint_sha256": "0" * 64, "data_sha256": "d",
-                "subset_sha256": "s"}
 
 
 def scrambled(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -83,6 +57,10 @@ def zoo_run(arch: str, size: int = 8, windows=(), seed: int = 0, **kw) -> FakeRu
     denoiser = Denoiser(scrambled(backbone, seed), "ddpm", 1, size).eval()
     pixels = torch.rand(6, 1, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
     return FakeRun(denoiser, arch=arch, pixels=pixels, **kw)
+
+
+def probe_run(run, store, settings, command=""):
+    return probe_one(probe.PROBE, run, store, settings, command)
 
 
 def cfg(**kw) -> AttentionConfig:
@@ -114,7 +92,7 @@ def assert_one_line_error(result, *fragments):
 def test_file_round_trips_what_the_model_computes(tmp_path, arch, windows):
     run = zoo_run(arch, windows=windows)
     store = Artifacts.at(tmp_path)
-    path = probe.probe_run(run, store, cfg(), command="probe test")
+    path = probe_run(run, store, cfg(), command="probe test")
     patch = int(arch[-1])
     grid = Grid(8 // patch, 8 // patch, patch)
     data = datasets(path)
@@ -142,13 +120,13 @@ def test_file_round_trips_what_the_model_computes(tmp_path, arch, windows):
                                                                          patch)
         assert list(a["windows"]) == ([3, 3, 0, 0] if windows else [0] * 4)
         assert a["command"] == "probe test" and a["checkpoint_sha256"] == "0" * 64
-        assert a["subset_sha256"] == "s" and a["dims"] == probe.DIMS
+        assert a["subset_sha256"] == "s" and a["dims"] == fmt.DIMS
         assert f["attention/maps"].compression == "gzip"
     assert np.allclose(maps.astype(np.float64).sum(-1), 1, atol=1e-2)
     if windows:  # a 3x3 window: nothing outside Chebyshev radius 1, so all mass within r=1
         far = grid.distances("chebyshev") > 1
         assert np.all(maps[:, :, :2][..., far] == 0)
-        table = probe.locality_table(path)
+        table = table_from_file(path)
         mass = table[(table.metric == "mass_r1") & (table.layer < 2)]["value"]
         assert np.allclose(mass, 1, atol=1e-6)
 
@@ -160,21 +138,22 @@ def test_capturing_does_not_change_the_output(tmp_path):
         plain = run.denoiser(x, 0.5)
     layers = probe.discover(run.denoiser, (1, 8, 8))
     with h5py.File(tmp_path / "f.h5", "w") as f, \
-            probe.StreamWriter(f, layers, 3, 1, "all", (1, 2, 4)) as writer:
-        writer.at(0, 0, 3)
-        with torch.no_grad(), probe.hooks(run.denoiser.backbone, writer.fns):
+            fmt.MapWriter(f, layers, 3, 1, "all", metric_names()) as writer:
+        hook = probe.LocalityHook(writer, layers, "all", (1, 2, 4))
+        hook.at(0, 0, 3)
+        with torch.no_grad(), probe.hooks(run.denoiser.backbone, hook.fns):
             hooked = run.denoiser(x, 0.5)
-        writer.finish()
+        hook.finish()
     assert not torch.equal(plain, x)  # the attention matters for this model's output
     torch.testing.assert_close(hooked, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_store_modes_keep_the_mean_or_nothing_and_the_same_metrics(tmp_path):
     run = zoo_run("dit-xs/2")
-    full = datasets(probe.probe_run(run, Artifacts.at(tmp_path / "all"), cfg()))
-    mean = datasets(probe.probe_run(run, Artifacts.at(tmp_path / "mean"),
-                                    cfg(store="mean-heads")))
-    none = datasets(probe.probe_run(run, Artifacts.at(tmp_path / "none"), cfg(store="none")))
+    full = datasets(probe_run(run, Artifacts.at(tmp_path / "all"), cfg()))
+    mean = datasets(probe_run(run, Artifacts.at(tmp_path / "mean"),
+                                    cfg(maps="mean-heads")))
+    none = datasets(probe_run(run, Artifacts.at(tmp_path / "none"), cfg(maps="none")))
     assert mean["attention/maps"].shape[3] == 1
     assert np.allclose(mean["attention/maps"][:, :, :, 0],
                        full["attention/maps"].astype(np.float32).mean(3), atol=1e-3)
@@ -207,8 +186,8 @@ class TwoGrids(nn.Module):
 def test_layers_at_several_grids_get_their_own_datasets(tmp_path):
     torch.manual_seed(0)
     run = FakeRun(Denoiser(TwoGrids(), "ddpm", 1, 8).eval(), arch="two-grids")
-    path = probe.probe_run(run, Artifacts.at(tmp_path), cfg(queries=("3,3",)))
-    attrs, _, layers = probe.read_layers(path)
+    path = probe_run(run, Artifacts.at(tmp_path), cfg(queries=("3,3",)))
+    attrs, _, layers = fmt.read_layers(path)
     assert [la["hook"] for la in layers] == ["fine.pattern", "coarse.pattern"]
     assert [la["grid"] for la in layers] == [Grid(4, 4, 2.0), Grid(2, 2, 4.0)]
     assert attrs["patch_size"] == -1 and list(attrs["strides_px"]) == [2.0, 4.0]
@@ -217,7 +196,7 @@ def test_layers_at_several_grids_get_their_own_datasets(tmp_path):
     assert data["attention/layers/fine.pattern/maps"].shape == (3, 2, 2, 16, 16)
     assert data["attention/layers/coarse.pattern/maps"].shape == (3, 2, 2, 4, 4)
     # Query 3,3 of the finest grid covers pixels 6-7, which the coarse grid holds at token 1,1.
-    _, maps = probe.query_maps(path, "3,3", 0)
+    _, maps = fmt.query_maps(path, "3,3", 0)
     assert [m["query"] for m in maps] == [(3, 3), (1, 1)]
     assert [m["map"].shape for m in maps] == [(4, 4), (2, 2)]
     assert np.allclose([m["map"].sum() for m in maps], 1, atol=1e-2)
@@ -228,25 +207,26 @@ def test_other_zoo_families_with_attention(tmp_path, arch, size):
     if arch not in zoo.PRESETS:
         pytest.skip(f"{arch} is not in the zoo yet")
     run = zoo_run(arch, size=size)
-    path = probe.probe_run(run, Artifacts.at(tmp_path), cfg(images=2, sigmas=(1.0,)))
-    attrs, _, layers = probe.read_layers(path)
+    path = probe_run(run, Artifacts.at(tmp_path), cfg(images=2, sigmas=(1.0,)))
+    attrs, _, layers = fmt.read_layers(path)
     assert layers and all(la["hook"].endswith((".pattern", ".pattern_full")) for la in layers)
     with h5py.File(path, "r") as f:
         for la in layers:
             maps = f[f"attention/layers/{la['hook']}/maps"][...].astype(np.float64)
             assert maps.shape[-1] == la["grid"].tokens
             assert np.allclose(maps.sum(-1), 1, atol=1e-2)
-    assert set(probe.locality_table(path)["layer"]) == set(range(len(layers)))
+    assert set(table_from_file(path)["layer"]) == set(range(len(layers)))
 
 
 def test_several_runs_figures_by_n_and_the_gap_correlation(tmp_path, monkeypatch):
     from scipy.stats import spearmanr
 
-    from probe.report import figures
+    from probe import pipeline
+    from probe.report import attention_figures as figures
+    from probe.report.summary import build_report
 
     runs = [zoo_run("dit-xs/2", seed=s, run_id=f"r{n}", n=n)
             for s, n in ((0, 1000), (1, 10), (2, 100))]
-    monkeypatch.setattr(probe, "_loaders", lambda *a: [(r.run_id, lambda r=r: r) for r in runs])
     store = Artifacts.at(tmp_path)
     gaps = {"r10": 3.0, "r100": 1.0, "r1000": 2.0}  # another engineer's table, in miniature
     (tmp_path / "tables").mkdir()
@@ -254,10 +234,12 @@ def test_several_runs_figures_by_n_and_the_gap_correlation(tmp_path, monkeypatch
                    "metric": "psnr_gap", "value": g + s} for r, g in gaps.items()
                   for s in SIGMAS]).to_parquet(tmp_path / "tables" / "generalization.parquet")
     drawn = []
-    real_save = figures.save
-    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(
+    real_save = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem: drawn.append(
         (stem.name, [ax.get_ylabel() for ax in fig.axes])) or real_save(fig, stem))
-    table = probe.run_attention_locality(["ignored"], store, cfg(), log=lambda m: None)
+    table = pipeline.run_probe(probe.PROBE, runs, store, cfg(), log=lambda m: None).table
+    assert not (tmp_path / "tables" / "locality_gap.parquet").exists()  # a join: the report's
+    build_report(store)
 
     assert set(table["run"]) == set(gaps)
     maps = [labels for name, labels in drawn if name.startswith("maps_")]
@@ -282,11 +264,11 @@ def test_a_killed_probe_leaves_no_file_and_the_rerun_equals_an_uninterrupted_one
         tmp_path, monkeypatch):
     run = zoo_run("dit-xs/2")
     settings = cfg(batch_mb=0.02)  # one image per forward pass: 6 passes
-    assert probe.plan(run, settings).batch == 1
-    reference = probe.probe_run(run, Artifacts.at(tmp_path / "ref"), settings)
+    assert probe.plan_run(run, settings).batch == 1
+    reference = probe_run(run, Artifacts.at(tmp_path / "ref"), settings)
 
     store = Artifacts.at(tmp_path / "killed")
-    real_call = probe.StreamWriter.__call__
+    real_call = probe.LocalityHook.__call__
     calls = {"n": 0}
 
     def dying(self, x, name):
@@ -295,14 +277,14 @@ def test_a_killed_probe_leaves_no_file_and_the_rerun_equals_an_uninterrupted_one
             raise KeyboardInterrupt
         return real_call(self, x, name)
 
-    monkeypatch.setattr(probe.StreamWriter, "__call__", dying)
+    monkeypatch.setattr(probe.LocalityHook, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
-        probe.probe_run(run, store, settings)
-    final = store.probe_dir("fake") / probe.FILENAME
+        probe_run(run, store, settings)
+    final = store.probe_dir("fake") / fmt.FILENAME
     assert not final.exists() and final.with_name(final.name + ".partial").exists()
 
     calls["n"] = -10**9  # the rerun: count the layers it still has to compute
-    probe.probe_run(run, store, settings)
+    probe_run(run, store, settings)
     assert final.exists() and not final.with_name(final.name + ".partial").exists()
     assert calls["n"] + 10**9 == 4 * (6 - 2)  # the two finished passes were skipped
     got, want = datasets(final), datasets(reference)
@@ -317,17 +299,17 @@ def test_max_gb_is_refused_before_anything_is_written(tmp_path):
     size = probe.map_bytes(layers, 3, 2, "all")
     assert size == 3 * 2 * 4 * 4 * 64 * 64 * 2
     with pytest.raises(ProbeError, match="--max-gb"):
-        probe.probe_run(run, Artifacts.at(tmp_path), cfg(max_gb=size / 1e9 * 0.99))
+        probe_run(run, Artifacts.at(tmp_path), cfg(max_gb=size / 1e9 * 0.99))
     assert not (tmp_path / "probes").exists()
     probe.check_size(layers, 3, 2, "mean-heads", size / 1e9 * 0.99, "x")  # a quarter: fine
 
 
 def test_queries_are_checked_against_the_grid():
     grids = [Grid(4, 4, 2.0), Grid(2, 2, 4.0)]
-    assert probe.query_positions("center", grids) == [(2, 2), (1, 1)]
-    assert probe.query_positions("0,3", grids) == [(0, 3), (0, 1)]
+    assert fmt.query_positions("center", grids) == [(2, 2), (1, 1)]
+    assert fmt.query_positions("0,3", grids) == [(0, 3), (0, 1)]
     with pytest.raises(ProbeError, match="outside the 4x4"):
-        probe.query_positions("4,0", grids)
+        fmt.query_positions("4,0", grids)
     assert probe.parse_queries(["center; 1,2", "0,0"]) == ("center", "1,2", "0,0")
     with pytest.raises(ProbeError, match="bad query"):
         probe.parse_queries("1;2")
@@ -382,7 +364,7 @@ def test_cli_dry_run_writes_nothing(trained, tmp_path):
     root, run_dir = trained
     r = invoke(tmp_path, str(run_dir), "--dry-run", "--store", "mean-heads")
     assert r.exit_code == 0, r.stderr
-    assert 'store = "mean-heads"' in r.stdout and "sigmas = [" in r.stdout
+    assert 'maps = "mean-heads"' in r.stdout and "sigmas = [" in r.stdout
     assert not (tmp_path / "probes").exists()
 
 
@@ -397,7 +379,7 @@ def test_cli_bad_input_is_one_line(trained, tmp_path):
     assert_one_line_error(invoke(root, str(run_dir), "--queries", "4,0"), "outside the 4x4")
     assert_one_line_error(invoke(root, str(run_dir), "--max-gb", "1e-9"), "--max-gb")
     assert_one_line_error(invoke(tmp_path, str(tmp_path / "nope")), "run not found")
-    assert_one_line_error(invoke(tmp_path), "RUN")
+    assert_one_line_error(invoke(tmp_path), "no finished runs")
     assert not (root / "probes").exists()
 
 
@@ -432,13 +414,15 @@ def test_diffusers_dit_folder_is_probed_and_hooking_keeps_its_output(trained, tm
     r = invoke(art, "--diffusers", str(folder), "--dataset", "digits", "--size", "8",
                "--images", "2", "--sigmas", "1", "--no-figures")
     assert r.exit_code == 0, r.stderr
-    path = art / "probes" / "my-dit" / "attention.h5"
-    attrs, _, layers = probe.read_layers(path)
+    (probes,) = (art / "probes").iterdir()
+    assert probes.name.startswith("my-dit-")  # folder name + weights hash: unique
+    path = probes / "attention.h5"
+    attrs, _, layers = fmt.read_layers(path)
     assert [la["hook"] for la in layers] == [
         f"transformer.transformer_blocks.{i}.attn1.processor.pattern" for i in range(2)]
     assert attrs["arch"] == "diffusers:DiTTransformer2DModel" and attrs["n"] == ""
     assert layers[0]["grid"] == Grid(4, 4, 2.0)
-    table = pd.read_parquet(art / "probes" / "my-dit" / "locality.parquet")
+    table = pd.read_parquet(probes / "locality.parquet")
     assert table["n"].isna().all() and len(table) == 2 * 2 * len(metric_names())
     r = invoke(art, "--diffusers", str(folder), "--dataset", "digits", "--size", "16")
     assert_one_line_error(r, "8px")
@@ -472,5 +456,6 @@ def test_diffusers_unet_folder(trained, tmp_path):
     r = invoke(art, "--diffusers", str(folder), "--dataset", "digits", "--size", "8",
                "--images", "2", "--sigmas", "1", "--no-figures", "--queries", "3,3")
     assert r.exit_code == 0, r.stderr
-    _, _, layers = probe.read_layers(art / "probes" / "my-unet" / "attention.h5")
+    (probes,) = (art / "probes").iterdir()
+    _, _, layers = fmt.read_layers(probes / "attention.h5")
     assert all(la["grid"] == Grid(4, 4, 2.0) for la in layers) and len(layers) == len(cache)

@@ -261,7 +261,7 @@ def test_influence_finds_the_planted_source_in_a_memorizing_model(tmp_path):
                  for p in paths)
     assert scores.shape == (4, n)
     assert (scores.argmax(1) == planted.numpy()).all()
-    nn_index, _ = metrics.nearest_neighbours(samples.numpy(), train.numpy())
+    nn_index, _ = metrics.nearest_two(samples.numpy(), train.numpy())
     summary = metrics.influence_summary(scores, nn_index, np.ones((4, 2)))
     assert summary["influence_nn_agreement"] == 1 and summary["influence_nn_rank"] == 1
 
@@ -288,23 +288,28 @@ def memorized_run(tmp_path_factory):
 
 def test_influence_attributes_memorized_samples_to_their_source(memorized_run):
     run_dir, store = memorized_run
-    result = attr.run_attribution([run_dir], store, sigmas=(0.2,), images=2,
-                                  pixels=("center",), influence=True, samples=8,
-                                  log=lambda m: None)
-    with h5py.File(result["probes"][0], "r") as f:
+    from probe import pipeline
+    from probe.config import AttributionConfig
+    from probe.runs import load_run
+
+    cfg = AttributionConfig(sigmas=(0.2,), images=2, pixels=("center",), influence=True,
+                            samples=8)
+    result = pipeline.run_probe(attr.PROBE, [load_run(run_dir, store)], store, cfg,
+                                log=lambda m: None)
+    with h5py.File(result.files[0], "r") as f:
         scores = f["influence/total/scores"][()]
         nn_index, dist = f["influence/samples/nn"][()], f["influence/samples/nn_distance"][()]
         assert len([k for k in f["influence"] if k.startswith("ckpt")]) == 5
-    copies = dist[:, 0] / dist[:, 1] < metrics.MEMORIZED_RATIO
+    copies = dist[:, 0] / dist[:, 1] < 1 / 3  # Yoon et al.'s copy criterion
     assert copies.any(), "the fixture run should memorize"
     assert (scores.argmax(1)[copies] == nn_index[copies]).all()
-    df = pd.read_parquet(result["table"])
+    df = pd.read_parquet(result.table_path)
     value = df.set_index("metric")["value"]
     assert value["influence_nn_agreement_memorized"] == 1.0
     assert value["memorized_fraction"] == pytest.approx(copies.mean())
     rf = df[(df["metric"] == "radius_90") & (df["pixel"] == "all")]
     assert len(rf) == 1 and 0 <= rf["value"].iloc[0] <= 8 * np.sqrt(2)
-    assert {p.name for p in result["figures"]} >= {"attribution_rf_maps_s0p2.png",
+    assert {p.name for p in result.figures} >= {"attribution_rf_maps_s0p2.png",
                                                    "attribution_radius_vs_n.png"}
 
 

@@ -124,8 +124,8 @@ def test_runs_pair_automatically_by_data_n_split_and_arch():
     from types import SimpleNamespace as NS
 
     def run(name, arch="dit-xs/2", n=10, split="a", data="h1", windows=()):
-        return NS(run_id=name, arch=arch, n=n, split=split, info={"data_sha256": data},
-                  config=NS(train=NS(objective="ddpm"), model=NS(windows=windows)))
+        return NS(run_id=name, arch=arch, n=n, split=split, data_sha256=data,
+                  objective="ddpm", windows=windows)
 
     runs = [run("dit-a"), run("dit-b", split="b"), run("unet-a", arch="unet-xs"),
             run("dit-a-100", n=100), run("dit-b-other-data", split="b", data="h2"),

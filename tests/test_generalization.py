@@ -5,7 +5,6 @@ as one line with exit code 2."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from probe import artifacts, pipeline
 from probe.artifacts import Artifacts
 from probe.cli import cli
 from probe.config import (
@@ -25,10 +25,20 @@ from probe.config import (
     TrainConfig,
 )
 from probe.errors import ProbeError
+from probe.metrics import generalization as GM
 from probe.metrics.psnr import denoising_psnr, psnr_gap
 from probe.probes import generalization as G
 from probe.runs import load_run
 from probe.train import train_run
+from tests.helpers import FakeRun
+
+H5, TABLE = artifacts.GENERALIZATION_H5, artifacts.GENERALIZATION_TABLE
+
+
+def run_generalization(runs, store, cfg):
+    """Probe `runs` (directories or loaded runs) through the driver; the tidy table."""
+    loaded = [r if hasattr(r, "denoiser") else load_run(r, store) for r in runs]
+    return pipeline.run_probe(G.PROBE, loaded, store, cfg, log=lambda msg: None).table
 
 SMALL = GeneralizationConfig(sigmas=(0.05, 0.5), images=8, samples=8, steps=4, batch=8)
 
@@ -120,14 +130,14 @@ def trained(tmp_path_factory):
 def probed(trained, tmp_path_factory):
     store, runs = trained
     out = Artifacts.at(tmp_path_factory.mktemp("gen-out"))
-    table = G.run_generalization([runs["a"], runs["b"]], out, SMALL, log=lambda msg: None)
+    table = run_generalization([runs["a"], runs["b"]], out, SMALL)
     return out, table
 
 
 def test_pipeline_writes_files_tables_pairs_and_figures(trained, probed):
     store, runs = trained
     out, table = probed
-    assert set(G.COLUMNS) <= set(table.columns)
+    assert set(GM.COLUMNS) <= set(table.columns)
     wanted = {"psnr_train", "psnr_test", "psnr_gap", "psnr_gap_mean", "memorized_fraction",
               "nn_ratio_mean", "carlini_ratio", "reproducibility", "reproducible_fraction",
               "fid", "kid", "precision", "recall"}
@@ -148,17 +158,17 @@ def test_pipeline_writes_files_tables_pairs_and_figures(trained, probed):
         assert math.isnan(fid.value.item()) and "no --fid-weights" in fid.note.item()
     # the two runs' pair cosines agree (same samples, both files)
     a_id, b_id = sorted(table.run.unique())
-    with h5py.File(out.probe_dir(a_id) / G.H5) as fa, h5py.File(out.probe_dir(b_id) / G.H5) as fb:
+    with h5py.File(out.probe_dir(a_id) / H5) as fa, h5py.File(out.probe_dir(b_id) / H5) as fb:
         np.testing.assert_allclose(fa[f"pairs/{b_id}/cosine"][:], fb[f"pairs/{a_id}/cosine"][:])
         assert fa["samples/images"].shape == (8, 1, 8, 8)
         assert fa["neighbours/l2_rows"].shape == (8, 10)  # N = 10 < 50 neighbours
         assert set(fa["neighbours/l2_rows"][:].ravel()) <= set(load_run(runs["a"], store)
                                                              .train_indices.tolist())
         assert fa["psnr/train"].shape == (2, 8)
-    on_disk = pd.read_parquet(out.probe_dir(a_id) / f"{G.TABLE}.parquet")
+    on_disk = pd.read_parquet(out.probe_dir(a_id) / f"{TABLE}.parquet")
     assert set(on_disk.run) == {a_id}
-    assert set(pd.read_parquet(out.tables_dir / f"{G.TABLE}.parquet").run) == {a_id, b_id}
-    report = G.text_report(table)
+    assert set(pd.read_parquet(out.tables_dir / f"{TABLE}.parquet").run) == {a_id, b_id}
+    report = GM.text_report(table)
     assert a_id in report and b_id in report and "skipped" in report
 
     from probe.report.generalization_figures import draw_all
@@ -176,7 +186,7 @@ def test_rerun_resumes_from_the_files(trained, probed, monkeypatch):
 
     monkeypatch.setattr(G, "generate", refuse)
     monkeypatch.setattr(G, "denoising_psnr", refuse)
-    again = G.run_generalization([runs["a"], runs["b"]], out, SMALL, log=lambda msg: None)
+    again = run_generalization([runs["a"], runs["b"]], out, SMALL)
     pd.testing.assert_frame_equal(first, again)
 
 
@@ -201,14 +211,14 @@ def test_fid_weights_added_later_fill_the_quality_rows_only(trained, probed, tmp
     monkeypatch.setattr(G, "generate", refuse)
     monkeypatch.setattr(G, "denoising_psnr", refuse)
     cfg = GeneralizationConfig(**{**SMALL.__dict__, "fid_weights": str(weights)})
-    table = G.run_generalization([runs["a"], runs["b"]], out, cfg, log=lambda msg: None)
-    quality = table[table.metric.isin(G.QUALITY)]
+    table = run_generalization([runs["a"], runs["b"]], out, cfg)
+    quality = table[table.metric.isin(GM.QUALITY)]
     assert len(quality) == 8 and quality.value.notna().all()
     assert quality.note.str.contains("script").all()
     assert (quality[quality.metric == "fid"].value >= 0).all()
     assert quality[quality.metric.isin(["precision", "recall"])].value.between(0, 1).all()
-    others = table[~table.metric.isin(G.QUALITY)].reset_index(drop=True)
-    before = probed[1][~probed[1].metric.isin(G.QUALITY)].reset_index(drop=True)
+    others = table[~table.metric.isin(GM.QUALITY)].reset_index(drop=True)
+    before = probed[1][~probed[1].metric.isin(GM.QUALITY)].reset_index(drop=True)
     pd.testing.assert_frame_equal(others, before)
 
 
@@ -221,8 +231,7 @@ def test_memorizing_oracles_are_caught(trained, tmp_path):
         oracles.append(run)
     cfg = GeneralizationConfig(sigmas=(0.02, 0.1, 0.5), images=8, samples=8, steps=12,
                                batch=8, threshold=0.999)
-    table = G.run_generalization(oracles, Artifacts.at(tmp_path / "out"), cfg,
-                                 log=lambda msg: None)
+    table = run_generalization(oracles, Artifacts.at(tmp_path / "out"), cfg)
 
     def value(metric):
         return table[table.metric == metric].value.to_numpy()
@@ -237,11 +246,9 @@ def test_memorizing_oracles_are_caught(trained, tmp_path):
 
 def test_check_pair_refuses_other_data_and_resolutions():
     def fake(sha, size, name):
-        return SimpleNamespace(directory=name, run_id=name, prepared=SimpleNamespace(sha256=sha),
-                               config=SimpleNamespace(model=SimpleNamespace(image_size=size,
-                                                                            channels=1),
-                                                      data=SimpleNamespace(dataset="x",
-                                                                           size=size)))
+        run = FakeRun(None, run_id=name, pixels=torch.zeros(2, 1, size, size))
+        run.data_sha256 = sha
+        return run
 
     with pytest.raises(ProbeError, match="different resolutions"):
         G.check_pair(fake("s", 8, "a"), fake("s", 16, "b"))
@@ -287,5 +294,5 @@ def test_cli_sample_and_dry_run(trained):
     assert (store.probe_dir(run_id) / "samples.png").stat().st_size > 0
     dry = _probe(store, "generalization", str(runs["a"]), str(runs["b"]), "--dry-run")
     assert dry.exit_code == 0, (dry.stderr, dry.exception)
-    assert "pair:" in dry.stdout and "sigmas" in dry.stdout
-    assert not (store.probe_dir(run_id) / G.H5).exists()
+    assert "pairs: " + runs["b"].name in dry.stdout and "sigmas" in dry.stdout
+    assert not (store.probe_dir(run_id) / H5).exists()

@@ -23,6 +23,7 @@ from probe.config import (
 )
 from probe.data.synthetic import disk_params, disk_tangent_basis
 from probe.errors import ProbeError
+from probe.formats.jacobian import read_groups
 from probe.metrics import basis
 from probe.metrics.basis import subspace_agreement
 from probe.models import zoo
@@ -31,7 +32,7 @@ from probe.models.denoiser import Denoiser
 from probe.probes import jacobian as jac
 from probe.runs import load_run
 from probe.train import train_run
-from tests.helpers import randomize
+from tests.helpers import probe_one, randomize
 
 
 def linear(matrix: np.ndarray):
@@ -203,7 +204,7 @@ def test_command_writes_bases_metrics_and_figures(runs):
                     "--method", "full")
     assert result.exit_code == 0, result.stderr + str(result.exception)
     run = load_run(dirs[0], store)
-    with h5py.File(jac.probe_path(store, run.run_id), "r") as f:
+    with h5py.File(store.probe_file(run.run_id, jac.PROBE.filename), "r") as f:
         assert f.attrs["checkpoint_sha256"] == run.checkpoint_sha256
         assert f.attrs["command"].startswith("probe")
         groups = [(i, s) for i in f["jacobian"] for s in f["jacobian"][i]]
@@ -226,7 +227,7 @@ def test_command_writes_bases_metrics_and_figures(runs):
     assert ((agreement["value"] > 0) & (agreement["value"] <= 1 + 1e-9)).all()
     # the streamed memorization signature equals the direct computation, group by group
     train = run.images(run.train_indices).reshape(len(run.train_indices), -1).double().numpy()
-    for g in jac.read_groups(jac.probe_path(store, run.run_id)):
+    for g in read_groups(store.probe_file(run.run_id, jac.PROBE.filename)):
         top = g["eigenvectors"][:, :basis.MEMORIZATION_TOP].astype(np.float64)
         mine = table[(table["run"] == run.run_id) & (table["image"] == g["image"])
                      & (table["sigma"] == g["sigma"])].set_index("metric")["value"]
@@ -245,9 +246,9 @@ def test_lanczos_on_a_trained_run_matches_full(runs, tmp_path):
     results = {}
     for method in ("full", "lanczos"):
         other = Artifacts.at(tmp_path / method)
-        jac.probe_run(run, other, JacobianConfig(sigmas=(0.5,), images=1, method=method, k=4,
-                                                 probes=8), log=lambda m: None)
-        results[method] = next(jac.read_groups(jac.probe_path(other, run.run_id)))
+        probe_one(jac.PROBE, run, other, JacobianConfig(sigmas=(0.5,), images=1, method=method,
+                                                        k=4, probes=8))
+        results[method] = next(read_groups(other.probe_file(run.run_id, jac.PROBE.filename)))
     full, lanczos = results["full"], results["lanczos"]
     assert lanczos["estimator"] == "hutchinson" and lanczos["eigenvalues"].shape == (4,)
     np.testing.assert_allclose(lanczos["eigenvalues"], full["eigenvalues"][:4], rtol=1e-4)
@@ -290,8 +291,8 @@ def test_killed_probe_resumes_at_the_next_group(runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(jac, "analyse", dies_after_one)
     with pytest.raises(KeyboardInterrupt):
-        jac.probe_run(run, out, cfg, log=lambda m: None)
-    path = jac.probe_path(out, run.run_id)
+        probe_one(jac.PROBE, run, out, cfg)
+    path = out.probe_file(run.run_id, jac.PROBE.filename)
     assert not path.exists() and path.with_name(path.name + ".partial").exists()
 
     def counting(f, y, *args, **kwargs):
@@ -299,11 +300,11 @@ def test_killed_probe_resumes_at_the_next_group(runs, tmp_path, monkeypatch):
         return real(f, y, *args, **kwargs)
 
     monkeypatch.setattr(jac, "analyse", counting)
-    jac.probe_run(run, out, cfg, log=lambda m: None)
+    probe_one(jac.PROBE, run, out, cfg)
     assert len(calls) == 3  # 1 before the kill + the 2 groups left, none recomputed
-    groups = list(jac.read_groups(path))
+    groups = list(read_groups(path))
     assert [g["sigma"] for g in groups] == [0.1, 0.3, 0.5]
     for y, g in zip(calls, groups):  # each group was computed once, at its own y
         np.testing.assert_allclose(y.numpy(), g["noisy"].reshape(-1), atol=1e-6)
-    jac.probe_run(run, out, cfg, log=lambda m: None)  # finished file: nothing recomputed
+    probe_one(jac.PROBE, run, out, cfg)  # finished file: nothing recomputed
     assert len(calls) == 3

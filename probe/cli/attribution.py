@@ -5,22 +5,14 @@ from __future__ import annotations
 import click
 
 from probe.cli import cli
-from probe.cli.options import command_line, dry_run_option, print_config
+from probe.cli.options import probe_options, run_probe_command
 from probe.config import ATTRIBUTION_METHODS, AttributionConfig
-from probe.config import PROBE_SOURCES as SOURCES
 
 _A = AttributionConfig()
 
 
 @cli.command("attribution")
-@click.argument("runs", nargs=-1, required=True)
-@click.option("--sigmas", default=",".join(f"{s:g}" for s in _A.sigmas),
-              help="Comma-separated noise levels (data scaled to [-1, 1]).")
-@click.option("--images", type=click.IntRange(1), default=_A.images,
-              help="Fixed, seeded probe images per run.")
-@click.option("--from", "source", type=click.Choice(SOURCES), default=_A.source,
-              help="Held-out images or the run's own training images.")
-@click.option("--seed", type=int, default=_A.seed, help="Image choice and noise seed.")
+@probe_options(_A)
 @click.option("--pixels", multiple=True, default=_A.pixels,
               help="Output pixels: center, grid (3x3 cell centres) or x,y (column, row); "
                    "several separated by spaces or by repeating the option.")
@@ -34,48 +26,39 @@ _A = AttributionConfig()
               help="Head importance: loss increase when one head's output is removed.")
 @click.option("--influence", is_flag=True,
               help="Training-image influence of generated samples (TracInCP over the "
-                   "checkpoints kept by `train-split --keep-checkpoints`).")
+                   "checkpoints kept by `train-split --keep-checkpoints`; needs the training "
+                   "images, so not on --diffusers models).")
 @click.option("--samples", type=click.IntRange(1), default=_A.samples,
               help="Influence: generated samples to explain.")
 @click.option("--sample-steps", type=click.IntRange(1), default=_A.sample_steps,
               help="Influence: sampler steps.")
 @click.option("--influence-sigma", type=click.FloatRange(0, min_open=True),
               default=_A.influence_sigma, help="Influence: noise level of the denoising loss.")
-@click.option("--figures/--no-figures", default=True, help="Draw the figures.")
-@dry_run_option
 @click.pass_obj
-def attribution(store, runs, sigmas, images, source, seed, pixels, method, ig_steps, batch,
-                heads, influence, samples, sample_steps, influence_sigma, figures, dry_run):
-    """captum attributions of RUN(s) -> probes/<run>/attribution.h5, tables and figures."""
-    from probe.probes.attribution import plan, run_attribution, validate
-    from probe.probes.common import parse_sigmas
-    from probe.runs import load_run
+def attribution(store, runs, last, sigmas, images, source, seed, figures, dry_run, diffusers,
+                data_config, pixels, method, ig_steps, batch, heads, influence, samples,
+                sample_steps, influence_sigma):
+    """captum attributions of RUN(s) -> probes/<run>/attribution.h5, tables and figures.
 
-    cfg = AttributionConfig(sigmas=parse_sigmas(sigmas), images=images, source=source,
-                            seed=seed, pixels=tuple(pixels), method=method, ig_steps=ig_steps,
+    With no RUN, every finished run under the artifacts root (--last: those of the latest
+    train-split)."""
+    cfg = AttributionConfig(sigmas=sigmas, images=images, source=source, seed=seed,
+                            pixels=tuple(pixels), method=method, ig_steps=ig_steps,
                             batch=batch, heads=heads, influence=influence, samples=samples,
                             sample_steps=sample_steps, influence_sigma=influence_sigma)
-    validate(cfg)
-    loaded = [load_run(run, store) for run in runs]
-    plans = [plan(run, cfg) for run in loaded]  # bad pixels, missing checkpoints: before work
-    if dry_run:
-        for p in plans:
-            labels = " ".join(f"{x},{y}" for y, x in p["pixels"])
-            click.echo(f"run: {p['run']}  pixels (x,y): {labels}  images: {p['images']}")
-        print_config(cfg)
-        return
-    result = run_attribution(loaded, store, cfg, command=command_line(), figures=figures,
-                             log=click.echo)
-    _summary(result["table"], [r.run_id for r in loaded])
-    for path in result["figures"]:
-        click.echo(f"figure: {path}")
+
+    def describe(p):
+        return "pixels (x,y): " + " ".join(f"{x},{y}" for y, x in p["pixels"]) + \
+            f"  images: {p['images']}"
+
+    result = run_probe_command("attribution", store, runs, cfg, last=last, diffusers=diffusers,
+                               data_config=data_config, dry_run=dry_run, figures=figures,
+                               describe=describe)
+    if result is not None:
+        _summary(result.table)
 
 
-def _summary(table_path, run_ids) -> None:
-    import pandas as pd
-
-    df = pd.read_parquet(table_path)
-    df = df[df["run"].isin(run_ids)]
+def _summary(df) -> None:
     rf = df[df["pixel"] == "all"]
     if len(rf):
         wide = rf.pivot_table(index=["run", "n", "sigma"], columns="metric", values="value")

@@ -8,7 +8,16 @@ import sys
 
 import click
 
-from probe.config import CROPS, DATASETS, DataConfig, dumps_toml
+from probe.config import (
+    CROPS,
+    DATASETS,
+    PROBE_SOURCES,
+    SYNTHETIC_COUNT,
+    DataConfig,
+    check_sigmas,
+    dumps_toml,
+)
+from probe.errors import ProbeError
 
 _DEFAULT = DataConfig()
 
@@ -37,7 +46,8 @@ def data_options(func):
                      help="Drop near-duplicates whose 20x20 thumbnails correlate above this."),
         click.option("--classes", multiple=True, help="imagenet: keep only these wnids."),
         click.option("--count", type=click.IntRange(1), default=None,
-                     help="Synthetic sets and patches: how many images (default 10000)."),
+                     help="Synthetic sets and patches: how many images "
+                          f"(default {SYNTHETIC_COUNT})."),
         click.option("--alpha", type=click.FloatRange(0, min_open=True),
                      default=_DEFAULT.alpha, help="c-alpha: boundary regularity."),
         click.option("--generator-seed", type=int, default=_DEFAULT.generator_seed,
@@ -66,3 +76,112 @@ def print_config(*configs) -> None:
     for cfg in configs:
         click.echo(f"[{type(cfg).__name__}]")
         click.echo(dumps_toml(cfg))
+
+
+# ------------------------------------------------------------------------ probe commands
+
+
+class Sigmas(click.ParamType):
+    """"0.1,0.5,2" -> (0.1, 0.5, 2.0); a default given as a tuple of floats passes unchanged,
+    so no noise level makes a float -> text -> float round trip."""
+
+    name = "SIGMA[,SIGMA...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple | list):
+            items = value
+        else:
+            items = [s for s in str(value).split(",") if s.strip()]
+        try:
+            return check_sigmas(float(s) for s in items)
+        except ValueError:
+            self.fail(f"must be comma-separated numbers, got {value!r}", param, ctx)
+        except ProbeError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _sigmas_text(sigmas) -> str:
+    return ",".join(f"{s:g}" for s in sigmas)
+
+
+def probe_options(defaults, *, source: bool = True, images: bool = True, diffusers: bool = True):
+    """The options every probe command has, from its config's defaults: RUN..., --last,
+    --sigmas, --images, --from, --seed, --figures/--no-figures, --dry-run, and (where the probe
+    runs on outside models) --diffusers with the data options."""
+
+    def decorate(func):
+        params = [
+            click.argument("runs", nargs=-1, metavar="[RUN]..."),
+            click.option("--last", is_flag=True,
+                         help="With no RUN: only the runs the latest `train-split` made. "
+                              "Without it, every finished run under the artifacts root."),
+        ]
+        if hasattr(defaults, "sigmas"):
+            params.append(click.option(
+                "--sigmas", type=Sigmas(), default=defaults.sigmas,
+                show_default=_sigmas_text(defaults.sigmas),
+                help="Noise levels, comma-separated, on the [-1, 1] data scale."))
+        if images:
+            params.append(click.option("--images", type=click.IntRange(1),
+                                       default=defaults.images,
+                                       help="Fixed, seeded probe images per run."))
+        if source:
+            params.append(click.option(
+                "--from", "source", type=click.Choice(PROBE_SOURCES), default=defaults.source,
+                help="Probe images from the held-out set or the run's own training subset."))
+        params += [
+            click.option("--seed", type=click.IntRange(0), default=defaults.seed,
+                         help="Seeds the image choice and the noise (probe.seeding)."),
+            click.option("--figures/--no-figures", default=True,
+                         help="Draw the figures afterwards."),
+            dry_run_option,
+        ]
+        if diffusers:
+            params.append(click.option(
+                "--diffusers", "diffusers", multiple=True, type=click.Path(),
+                help="A local diffusers DiTTransformer2DModel or UNet2DModel folder "
+                     "(save_pretrained), probed on the data set given by --dataset etc."))
+            func = data_options(func)
+        for param in reversed(params):
+            func = param(func)
+        return func
+
+    return decorate
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def run_probe_command(name: str, store, refs, cfg, *, last: bool = False, diffusers=(),
+                      data_config=None, dry_run: bool = False, figures: bool = True,
+                      describe=None, describe_runs=None):
+    """Load the runs, then dry-run (print the plan) or run probe `name` through the driver;
+    prints `probe:`, `table:` and `figure:` lines on stdout. Returns the ProbeResult (None on
+    a dry run). For --dry-run, `describe(plan)` renders one run's plan and `describe_runs(runs)`
+    gives lines about the runs together (pairs)."""
+    from probe import pipeline
+
+    probe = pipeline.PROBES[name]
+    probe.validate(cfg)  # before any run is loaded
+    runs = pipeline.load_runs(refs, store, diffusers=diffusers, data_config=data_config,
+                              last=last, command=command_line(), log=echo_err)
+    if dry_run:
+        pipeline.check_runs(probe, runs, cfg)
+        paths = [store.probe_file(r.run_id, probe.filename) for r in runs]
+        for run, plan in zip(runs, probe.plan(runs, cfg, paths, echo_err)):
+            click.echo(f"run: {run.run_id} ({run.arch})"
+                       + (f"  {describe(plan)}" if describe else ""))
+        for line in describe_runs(runs) if describe_runs else []:
+            click.echo(line)
+        print_config(cfg)
+        return None
+    result = pipeline.run_probe(probe, runs, store, cfg, command=command_line(), log=echo_err,
+                                figures=figures)
+    for path in result.files:
+        click.echo(f"probe: {path}")
+    if result.table_path is not None:
+        click.echo(f"table: {result.table_path}")
+    for path in result.figures:
+        click.echo(f"figure: {path}")
+    return result

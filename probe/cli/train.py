@@ -86,9 +86,14 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
         for c in resolved:
             print_config(c)
         return
+    from probe.runs import record_last
+
+    run_dirs = []
     for c in resolved:
-        run_dir = train_run(c, store, command_line(), resume=resume)
-        click.echo(f"run: {run_dir}")
+        run_dirs.append(train_run(c, store, command_line(), resume=resume))
+        click.echo(f"run: {run_dirs[-1]}")
+    record_last(store, run_dirs)
+    return run_dirs
 
 
 @cli.group()

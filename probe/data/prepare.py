@@ -17,15 +17,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from probe import artifacts
-from probe.artifacts import Artifacts
-from probe.config import CROPS, DataConfig, to_dict
+from probe.artifacts import IMAGES, KEYS, MANIFEST, PARTITION, Artifacts
+from probe.config import CROPS, SYNTHETIC_COUNT, DataConfig, to_dict
 from probe.data.sources import EMBEDDED, NATIVE_CHANNELS, PARTITIONS, Item, open_source
 from probe.errors import ProbeError
-
-MANIFEST = "manifest.json"
-IMAGES = "images.npy"
-PARTITION = "partition.npy"
-KEYS = "keys.txt"
 
 
 @dataclass(frozen=True)
@@ -51,7 +46,7 @@ class Prepared:
 def data_key(cfg: DataConfig, channels: int) -> str:
     parts = [cfg.dataset, f"{cfg.size}px", f"{channels}ch", cfg.crop]
     if cfg.dataset in ("disks", "c-alpha", "patches"):
-        parts += [f"n{cfg.count or 10_000}", f"g{cfg.generator_seed}"]
+        parts += [f"n{cfg.count or SYNTHETIC_COUNT}", f"g{cfg.generator_seed}"]
     if cfg.dataset == "c-alpha":
         parts.append(f"a{cfg.alpha:g}")
     if cfg.classes:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from probe.config import DataConfig
+from probe.config import SYNTHETIC_COUNT, DataConfig
 from probe.data import synthetic
 from probe.errors import ProbeError
 
@@ -247,7 +247,7 @@ def patches(cfg: DataConfig) -> Source:
         photos.append(photo[..., :3].astype(np.uint8))
     if not photos:
         raise ProbeError(f"patches of {cfg.size} px are larger than every shipped photo")
-    count = cfg.count or 10_000
+    count = cfg.count or SYNTHETIC_COUNT
     rng = np.random.default_rng(cfg.generator_seed)
     out = np.empty((count, cfg.size, cfg.size, 3), np.uint8)
     for i in range(count):
@@ -259,12 +259,13 @@ def patches(cfg: DataConfig) -> Source:
 
 
 def disks(cfg: DataConfig) -> Source:
-    images = synthetic.disks(cfg.count or 10_000, cfg.size, seed=cfg.generator_seed)
+    images = synthetic.disks(cfg.count or SYNTHETIC_COUNT, cfg.size, seed=cfg.generator_seed)
     return Source(_array_items(synthetic.to_uint8(images)), channels=1, native_size=True)
 
 
 def c_alpha(cfg: DataConfig) -> Source:
-    images = synthetic.c_alpha(cfg.count or 10_000, cfg.size, cfg.alpha, seed=cfg.generator_seed)
+    images = synthetic.c_alpha(cfg.count or SYNTHETIC_COUNT, cfg.size, cfg.alpha,
+                               seed=cfg.generator_seed)
     return Source(_array_items(synthetic.to_uint8(images)), channels=1, native_size=True)
 
 

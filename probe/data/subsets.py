@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from probe import artifacts
+from probe.artifacts import SUBSETS
 from probe.config import SubsetConfig
 from probe.data.prepare import Prepared
 from probe.data.sources import PARTITIONS
 from probe.errors import ProbeError
 
-SUBSETS = "subsets.json"
 SPLITS = ("a", "b")
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
+
+from probe import seeding
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None] | None
 
@@ -82,15 +83,13 @@ SAMPLERS = {"ddim": euler, "euler": euler, "heun": heun}
 # the device, or on which model runs it. So two models given the same seeds start from the same
 # noise (Kadkhodaie et al.'s same-noise comparison), and resampling one seed reproduces it.
 
-INITIAL, INJECTED = 0, 1  # stream ids
+INITIAL, INJECTED = "sample-initial", "sample-injected"  # probe.seeding stream names
 
 
-def sample_seed(seed: int, index: int, stream: int = INITIAL) -> int:
-    """The 63-bit generator seed of one sample's stream (well mixed, platform independent)."""
-    if seed < 0 or index < 0:
-        raise ValueError(f"seeds and sample indices must be >= 0, got {seed}, {index}")
-    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0]
-    return int(state) % (2**63)
+def sample_seed(seed: int, index: int, stream: str = INITIAL) -> int:
+    """The 63-bit generator seed of one sample's stream (probe.seeding: well mixed, platform
+    independent)."""
+    return seeding.state(seed, stream, index)
 
 
 def initial_noise(seeds, shape: tuple[int, ...], device=None, dtype=torch.float32

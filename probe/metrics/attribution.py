@@ -13,8 +13,8 @@ they compare UNet, DiT, windowed DiT, U-DiT and DiffiT, and runs across N. A map
 gives NaN.
 
 Table columns: run, arch, n, split, windows, method, sigma, pixel ("x,y", or "all" for the mean
-over pixels), layer, head, hook (head importance only), metric, value; head-importance rows gain
-`locality_<metric>` columns when tables/locality.parquet holds the run (see `join_locality`).
+over pixels), layer, head, hook (head importance only), metric, value. `join_locality` adds
+each head's attention locality to its importance rows (`probe report` joins the two tables).
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from probe.formats.h5 import decode_attrs
+from probe.metrics.memorization import NN_RATIO_THRESHOLD, nearest_neighbours, nn_ratio
+
 COLUMNS = ("run", "arch", "n", "split", "windows", "method", "sigma", "pixel", "layer", "head",
            "hook", "metric", "value")
 FRACTIONS = {"radius_50": 0.5, "radius_90": 0.9}
 RF_METRICS = (*FRACTIONS, "mean_distance")
-MEMORIZED_RATIO = 1 / 3  # ||x - NN1|| / ||x - NN2|| below this: a copy (Yoon et al.; Gu et al.)
 
 
 # ------------------------------------------------------------------------- receptive fields
@@ -136,16 +138,15 @@ def join_locality(df: pd.DataFrame, locality: pd.DataFrame | None) -> pd.DataFra
 # -------------------------------------------------------------------------------- influence
 
 
-def nearest_neighbours(samples: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-space L2: (index of the nearest training image [S], the two smallest distances
-    [S, 2], the second NaN when there is one training image)."""
-    a = samples.reshape(len(samples), -1).astype(np.float64)
-    b = train.reshape(len(train), -1).astype(np.float64)
-    dist = np.sqrt(np.maximum((a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T, 0))
-    order = np.argsort(dist, axis=1, kind="stable")
-    first = dist[np.arange(len(a)), order[:, 0]]
-    second = dist[np.arange(len(a)), order[:, 1]] if b.shape[0] > 1 else np.full(len(a), np.nan)
-    return order[:, 0], np.stack([first, second], 1)
+def nearest_two(samples: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-space l2 (probe.metrics.memorization's exact search): (index of the nearest
+    training image [S], the two smallest distances [S, 2], the second NaN when there is one
+    training image)."""
+    index, distance = nearest_neighbours(samples, train, 2, "l2")
+    distance = distance.numpy()
+    if distance.shape[1] == 1:
+        distance = np.concatenate([distance, np.full_like(distance, np.nan)], 1)
+    return index[:, 0].numpy(), distance
 
 
 def influence_summary(scores: np.ndarray, nn: np.ndarray, nn_distance: np.ndarray
@@ -161,8 +162,9 @@ def influence_summary(scores: np.ndarray, nn: np.ndarray, nn_distance: np.ndarra
     rows = np.arange(len(scores))
     top = scores.argmax(axis=1)
     rank = 1 + (scores > scores[rows, nn][:, None]).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        memorized = nn_distance[:, 0] / nn_distance[:, 1] < MEMORIZED_RATIO
+    # one training image: no second neighbour, so no ratio and no copy
+    memorized = nn_ratio(nn_distance) < NN_RATIO_THRESHOLD if np.isfinite(nn_distance).all() \
+        else np.zeros(len(scores), bool)
     agree = top == nn
     return {"influence_nn_agreement": float(agree.mean()),
             "influence_nn_rank": float(rank.mean()),
@@ -178,8 +180,10 @@ def table(path: str | Path) -> pd.DataFrame:
     """Every summary of one attribution.h5 as a long table (COLUMNS)."""
     rows: list[dict] = []
     with h5py.File(path, "r") as f:
-        a = f.attrs
-        meta = {"run": str(a["run_id"]), "arch": str(a["arch"]), "n": int(a["n"]),
+        a = decode_attrs(f.attrs)
+        n = a.get("n", "")
+        meta = {"run": str(a["run_id"]), "arch": str(a["arch"]),
+                "n": None if n in ("", None) else int(n),
                 "split": str(a["split"]), "windows": str(a.get("windows", ""))}
         sigmas = [float(s) for s in f["sigmas"][()]]
         pixels = [tuple(int(v) for v in p) for p in f["pixels"][()]]
@@ -204,5 +208,5 @@ def table(path: str | Path) -> pd.DataFrame:
                       "pixel": "", "metric": name, "value": value}
                      for name, value in summary.items()]
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    return df.astype({"layer": "Int64", "head": "Int64", "n": "int64", "sigma": "float64",
+    return df.astype({"layer": "Int64", "head": "Int64", "n": "Int64", "sigma": "float64",
                       "value": "float64"})

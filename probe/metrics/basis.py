@@ -39,11 +39,8 @@ import pandas as pd
 import scipy.linalg
 import scipy.stats
 
-from probe.artifacts import Artifacts
-from probe.metrics.tables import upsert
-from probe.probes.jacobian import probe_path, read_groups
+from probe.formats.jacobian import read_groups
 
-TABLE = "basis"
 MEMORIZATION_TOP = 8  # eigenvectors compared with the training images
 HALF = 0.5  # shrinkage threshold of `eigen_below_half`
 TRAIN_CHUNK = 2048  # training images read at once for the memorization signature
@@ -142,8 +139,8 @@ def group_metrics(group: dict) -> dict[str, float]:
 
 
 def _identity(run) -> dict:
-    return {"run": run.run_id, "dataset": run.config.data.dataset, "arch": run.arch,
-            "n": run.n, "split": run.split, "objective": run.config.train.objective}
+    return {"run": run.run_id, "dataset": run.dataset, "arch": run.arch,
+            "n": run.n, "split": run.split, "objective": run.objective}
 
 
 def _training_chunks(run) -> Callable[[], Iterable[np.ndarray]]:
@@ -181,11 +178,11 @@ def pairs(runs) -> list[tuple[str, object, object]]:
     out = []
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
-            same_data = (a.info.get("data_sha256") == b.info.get("data_sha256")
-                         and a.n == b.n and a.config.train.objective == b.config.train.objective)
+            same_data = (a.data_sha256 == b.data_sha256 and a.n is not None and a.n == b.n
+                         and a.objective == b.objective)
             if not same_data:
                 continue
-            same_model = a.arch == b.arch and a.config.model.windows == b.config.model.windows
+            same_model = a.arch == b.arch and a.windows == b.windows
             if same_model and {a.split, b.split} == {"a", "b"}:
                 out.append(("agreement_split", a, b))
             elif a.arch != b.arch and a.split == b.split:
@@ -200,16 +197,17 @@ def _rows(ident: dict, group: dict, metrics: dict[str, float], peer: str = "") -
             for name, value in metrics.items()]
 
 
-def basis_table(runs, store: Artifacts) -> pd.DataFrame:
-    """Long-format GAHB metrics of `runs` (loaded `Run`s) from their jacobian.h5 files."""
+def basis_table(runs, paths: list[Path]) -> pd.DataFrame:
+    """Long-format GAHB metrics of `runs` (Runs) from their jacobian.h5 files `paths`. The
+    memorization signature needs training images: NaN for a run without them."""
     rows: list[dict] = []
     groups = {}
-    for run in runs:
-        groups[run.run_id] = {(g["image"], g["sigma"]): g
-                              for g in read_groups(probe_path(store, run.run_id))}
+    for run, path in zip(runs, paths):
+        groups[run.run_id] = {(g["image"], g["sigma"]): g for g in read_groups(path)}
         found = list(groups[run.run_id].values())
         top = [g["eigenvectors"][:, :MEMORIZATION_TOP].astype(np.float64) for g in found]
-        signatures = memorization(run, top) if found else []
+        signatures = memorization(run, top) if found and len(run.train_indices) else \
+            [(np.nan, np.nan)] * len(found)
         for g, (raw, centred) in zip(found, signatures):
             metrics = group_metrics(g)
             metrics["memorization_cos"], metrics["memorization_cos_centred"] = raw, centred
@@ -226,8 +224,3 @@ def basis_table(runs, store: Artifacts) -> pd.DataFrame:
             rows += _rows(_identity(b), gb, {metric: value}, a.run_id)
     columns = [*ID_COLUMNS, "metric", "value", "peer"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def update_table(runs, store: Artifacts) -> Path:
-    """Compute the runs' rows and upsert them into tables/basis.{parquet,csv}."""
-    return upsert(store, TABLE, basis_table(runs, store))

@@ -24,47 +24,18 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from probe.formats.attention import Grid, read_metrics
+
 COLUMNS = ("run", "arch", "n", "split", "window", "sigma", "layer", "head", "metric", "value",
            "hook")
 GAP_METRIC = "psnr_gap"
 MASS_FRACTION = 0.9
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A height x width token grid, tokens `stride_px` pixels apart."""
-
-    height: int
-    width: int
-    stride_px: float = 1.0
-
-    @property
-    def tokens(self) -> int:
-        return self.height * self.width
-
-    def positions(self) -> np.ndarray:
-        """[L, 2] (row, column) of each token, row-major."""
-        ys, xs = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
-        return np.stack([ys.ravel(), xs.ravel()], 1)
-
-    def distances(self, norm: str = "euclidean") -> np.ndarray:
-        """[L, L] distance in tokens between every query (row) and key (column)."""
-        delta = np.abs(self.positions()[:, None, :] - self.positions()[None, :, :])
-        if norm == "euclidean":
-            return np.sqrt((delta**2).sum(-1))
-        if norm == "chebyshev":
-            return delta.max(-1)
-        raise ValueError(f"unknown norm {norm!r}")
-
-    @property
-    def max_radius(self) -> int:
-        return max(self.height, self.width) - 1
 
 
 def metric_names(radii=(1, 2, 4)) -> tuple[str, ...]:
@@ -187,6 +158,15 @@ def tidy_table(meta: dict, sigmas, layers: list[dict]) -> pd.DataFrame:
     df["n"] = pd.array([meta["n"]] * len(df), dtype="Int64")
     df = df[list(COLUMNS)]
     return df.astype({"layer": "int64", "head": "int64", "window": "int64"})
+
+
+def table_from_file(path: str | Path) -> pd.DataFrame:
+    """The tidy locality table of one attention.h5 (means over its images)."""
+    attrs, sigmas, layers = read_metrics(path)
+    n = attrs.get("n", "")
+    meta = {"run": attrs["run_id"], "arch": attrs["arch"], "split": attrs.get("split", ""),
+            "n": None if n in ("", None) else int(n)}
+    return tidy_table(meta, sigmas, layers)
 
 
 def layer_means(df: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probe.probes.common import fixed_noise
+from probe.seeding import fixed_noise
 
 PEAK = 2.0  # data range of [-1, 1]
 MSE_FLOOR = 1e-10  # caps PSNR at ~106 dB: an exact reconstruction stays a finite number

@@ -33,13 +33,6 @@ def window_mask(height: int, width: int, window: int, device=None) -> torch.Tens
     return ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)
 
 
-def token_distances(height: int, width: int) -> torch.Tensor:
-    """Euclidean distance in tokens between every query and key position, [L, L]."""
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
-    return torch.cdist(pos, pos)
-
-
 def explicit_attention(q, k, v, pattern: HookPoint | None = None, mask=None, bias=None,
                        scale: float | None = None):
     """softmax(q k^T * scale + bias, masked) v with the probabilities passed through `pattern`.

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from probe.config import OBJECTIVES
 from probe.diffusion.schedules import LinearSchedule
 
-OBJECTIVES = ("ddpm", "edm", "blind")
 SIGMA_DATA = 0.5  # EDM's data standard deviation on the [-1, 1] scale
 
 

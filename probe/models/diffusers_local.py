@@ -15,16 +15,13 @@ through hook points:
   attn1.processor.pattern` [batch, head, query, key], tokens row-major over the patch grid;
 - UNet2DModel: probe.models.unet's `HookedAttnProcessor` (`unet.<path>.processor.pattern`).
 
-`ExternalRun` carries what a probe reads from a `probe.runs.Run` (denoiser, images, test
-indices, provenance); it has no training subset, so its N is unknown (None).
+`probe.runs.load_diffusers_run` puts such a model behind the Run protocol.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +29,6 @@ from torch import nn
 from probe import artifacts
 from probe.errors import ProbeError
 from probe.models.attention import explicit_attention
-from probe.models.denoiser import Denoiser
 from probe.models.hooks import HookPoint
 
 CLASSES = ("DiTTransformer2DModel", "UNet2DModel")
@@ -99,10 +95,8 @@ class DiffusersBackbone(nn.Module):
             self.null_class = classes if tables and \
                 tables[0].embedding_table.num_embeddings > classes else 0
         else:
-            try:
-                from probe.models.unet import hook_attention
-            except ImportError:
-                raise ProbeError("UNet2DModel support needs probe.models.unet") from None
+            from probe.models.unet import hook_attention
+
             self.unet = model
             hook_attention(model)
 
@@ -160,60 +154,3 @@ def load_backbone(path: str | Path) -> tuple[DiffusersBackbone, dict]:
             "channels": int(cfg.in_channels)}
     backbone = DiffusersBackbone(model, class_name).eval().requires_grad_(False)
     return backbone, info
-
-
-@dataclass
-class ExternalRun:
-    """A local diffusers model plus the data set it is probed on (the `Run` a probe reads)."""
-
-    directory: Path
-    arch: str
-    denoiser: Denoiser
-    weights: Path
-    checkpoint_sha256: str
-    prepared: object  # probe.data.prepare.Prepared
-    test_indices: np.ndarray
-    train_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    n: int | None = None
-    split: str = ""
-
-    @property
-    def run_id(self) -> str:
-        return self.directory.name
-
-    def images(self, indices: np.ndarray) -> torch.Tensor:
-        from probe.data.loader import gather, to_model_range
-
-        return to_model_range(gather(self.prepared.images, np.asarray(indices, np.int64)))
-
-    def provenance(self) -> dict:
-        return {"run_id": self.run_id, "arch": self.arch, "n": self.n, "split": self.split,
-                "checkpoint": str(self.weights), "checkpoint_sha256": self.checkpoint_sha256,
-                "data_sha256": self.prepared.sha256, "subset_sha256": ""}
-
-
-def load_diffusers_run(path: str | Path, data_config, store, command: str = "") -> ExternalRun:
-    """A local diffusers model as a probe target on the data set `data_config` describes."""
-    from probe.config import SubsetConfig
-    from probe.data.prepare import prepare
-    from probe.data.subsets import make_subsets, read_subsets
-
-    backbone, info = load_backbone(path)
-    if data_config.size != info["image_size"]:  # before preparing a data set of the wrong size
-        raise ProbeError(f"{info['folder']} takes {info['image_size']}px images, not "
-                         f"{data_config.size}px (set --size)")
-    prepared = prepare(data_config, store, command)
-    size, channels = prepared.manifest["size"], prepared.manifest["channels"]
-    if (size, channels) != (info["image_size"], info["channels"]):
-        raise ProbeError(f"{info['folder']} takes {info['image_size']}px images with "
-                         f"{info['channels']} channels, the data set has {size}px with "
-                         f"{channels} (set --size / --channels)")
-    try:
-        test = read_subsets(prepared)["test"]
-    except ProbeError:  # no subsets written yet: the same held-out choice, computed in memory
-        test = make_subsets(prepared.partition, SubsetConfig(ns=(1,)),
-                            prepared.manifest["source"], prepared.sha256)["test"]
-    denoiser = Denoiser(backbone, "ddpm", channels, size).eval().requires_grad_(False)
-    return ExternalRun(Path(path).resolve(), f"diffusers:{info['class_name']}", denoiser,
-                       info["weights"], artifacts.sha256_file(info["weights"]), prepared,
-                       np.asarray(test, np.int64))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from probe.config import ModelConfig
+from probe.config import ModelConfig, RunConfig
 from probe.errors import ProbeError
 
 
@@ -106,6 +106,14 @@ def build(cfg: ModelConfig) -> nn.Module:
         return module.build(cfg, **p.kwargs)
     except ValueError as exc:  # shape mismatches (image size vs patch, ...) are user errors
         raise ProbeError(f"{cfg.arch}: {exc}") from None
+
+
+def build_denoiser(cfg: RunConfig) -> nn.Module:
+    """The run's backbone behind the `Denoiser` interface of its objective (fresh weights)."""
+    from probe.models.denoiser import Denoiser
+
+    return Denoiser(build(cfg.model), cfg.train.objective, cfg.model.channels,
+                    cfg.model.image_size)
 
 
 def count_parameters(model: nn.Module) -> int:

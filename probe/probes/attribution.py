@@ -31,10 +31,8 @@ File layout (one unit of work per group, resumable):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -42,19 +40,21 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from probe import artifacts, seeding
 from probe import checkpoints as ckpt
-from probe.artifacts import Artifacts
 from probe.config import ATTRIBUTION_METHODS, AttributionConfig, to_dict
 from probe.errors import ProbeError
-from probe.metrics.attribution import channel_mass, nearest_neighbours, pixel_label
+from probe.formats.h5 import ResumableH5, up_to_date
+from probe.metrics import attribution as metrics
+from probe.metrics.attribution import channel_mass, nearest_two, pixel_label
 from probe.models.hooks import hook_points, hooks
-from probe.probes.common import ResumableH5, check_inputs, fixed_noise, probe_indices
+from probe.probes.common import check_inputs, probe_indices
+from probe.seeding import fixed_noise
 
-FILENAME = "attribution.h5"
-TABLE = "attribution"
 GRID = 3  # --pixels grid: the centres of a GRID x GRID tiling of the image
 
 
@@ -251,39 +251,30 @@ def tracin_scores(model: nn.Module, checkpoint: str | Path,
 
 def influence_checkpoints(run) -> list[Path]:
     """The raw-weight files of a run's kept checkpoints, oldest first (at least two)."""
-    found = ckpt.checkpoints(run.directory)
+    found = list(run.training.checkpoints) if run.training is not None else []
     if len(found) < 2:
         raise ProbeError(f"{run.run_id}: --influence needs the intermediate checkpoints that "
                          f"`probe train-split --keep-checkpoints` keeps; this run has "
                          f"{len(found)}")
-    return [p / "model.safetensors" for p in found]
-
-
-# fixed_noise seeds from hash((seed, row, sigma_index)); data-set rows are >= 0, so negative rows
-# name the influence streams. Row -1 is avoided: CPython hashes -1 like -2.
-SAMPLE_ROWS = -2  # sample j: row SAMPLE_ROWS - j, sigma index 0
-LOSS_ROW, LOSS_INDEX = -2, -2  # the loss noise
+    return found
 
 
 def sample_noise(shape: tuple[int, ...], seed: int, count: int) -> torch.Tensor:
     """Initial noise of generated sample j, independent of how many samples are drawn."""
-    return torch.stack([fixed_noise(shape, seed, SAMPLE_ROWS - j, 0) for j in range(count)])
+    return torch.stack([seeding.normal(shape, seed, "influence-sample", j)
+                        for j in range(count)])
 
 
 def loss_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """The one noise draw every influence loss shares."""
-    return fixed_noise(shape, seed, LOSS_ROW, LOSS_INDEX)
+    return seeding.normal(shape, seed, "influence-loss")
 
 
 # ------------------------------------------------------------------------------- the probe
 
 
-def probe_path(store: Artifacts, run_id: str) -> Path:
-    return store.probe_dir(run_id) / FILENAME
-
-
 def validate(cfg: AttributionConfig) -> None:
-    check_inputs(cfg.sigmas, cfg.source)
+    check_inputs(cfg.sigmas, cfg.source, cfg.seed)
     if cfg.method not in ATTRIBUTION_METHODS:
         raise ProbeError(f"--method must be one of {', '.join(ATTRIBUTION_METHODS)}")
     if min(cfg.images, cfg.ig_steps, cfg.batch, cfg.samples, cfg.sample_steps) < 1:
@@ -293,14 +284,14 @@ def validate(cfg: AttributionConfig) -> None:
         raise ProbeError(f"--influence-sigma must be positive, got {cfg.influence_sigma:g}")
 
 
-def plan(run, cfg: AttributionConfig) -> dict:
+def plan_run(run, cfg: AttributionConfig) -> dict:
     """What probing `run` does, validated before any work: pixels, images, checkpoints."""
-    size = run.config.model.image_size
-    out = {"run": run.run_id, "pixels": parse_pixels(cfg.pixels, size, size),
+    _, height, width = run.image_shape
+    out = {"run": run.run_id, "pixels": parse_pixels(cfg.pixels, height, width),
            "images": probe_indices(run, cfg.images, cfg.source, cfg.seed).tolist()}
     if cfg.heads:
         try:
-            layers = head_layers(run.denoiser, (run.config.model.channels, size, size))
+            layers = head_layers(run.denoiser, tuple(run.image_shape))
         except ProbeError as exc:
             raise ProbeError(f"{run.run_id} ({run.arch}): {exc}") from None
         out["heads"] = [n for n, _ in layers]
@@ -317,32 +308,22 @@ def _identity(run, cfg: AttributionConfig, p: dict) -> dict:
             "checkpoints": [Path(c).parent.name for c in p.get("checkpoints", [])]}
 
 
-def _up_to_date(path: Path, identity: dict) -> bool:
-    if not path.is_file():
-        return False
-    with h5py.File(path, "r") as f:
-        return f.attrs.get("_identity") == json.dumps(identity, sort_keys=True, default=str)
-
-
 def _dataset(group: h5py.Group, name: str, data) -> None:
     if name in group:
         del group[name]
     group.create_dataset(name, data=data)
 
 
-def probe_run(run, store: Artifacts, cfg: AttributionConfig, command: str = "",
-              log: Callable[[str], None] | None = None) -> Path:
-    """Write probes/<run-id>/attribution.h5 for one loaded run (resuming a killed probe)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    p = plan(run, cfg)
+def probe_run(run, p: dict, cfg: AttributionConfig, path: Path, command: str = "",
+              log: Callable[[str], None] = lambda msg: None) -> Path:
+    """Write the attribution.h5 of one loaded run at `path` (resuming a killed probe)."""
     identity = _identity(run, cfg, p)
-    path = probe_path(store, run.run_id)
-    if _up_to_date(path, identity):
-        log(f"{run.run_id}: {FILENAME} is up to date")
+    if up_to_date(path, identity):
+        log(f"{run.run_id}: {path.name} is up to date")
         return path
     pixels, rows = p["pixels"], np.asarray(p["images"], np.int64)
     attrs = {**run.provenance(), "command": command, "config": to_dict(cfg),
-             "windows": ";".join(run.config.model.windows), "method": cfg.method,
+             "windows": ";".join(run.windows), "method": cfg.method,
              "pixel_labels": [pixel_label(*px) for px in pixels]}
     denoiser, clean = run.denoiser, run.images(rows)
     with ResumableH5(path, attrs, identity) as out:
@@ -396,7 +377,6 @@ def _receptive_fields(out: ResumableH5, denoiser, clean, noise, si, sigma, pixel
 
 def _influence(out: ResumableH5, run, cfg: AttributionConfig, paths: list[Path], log) -> None:
     from probe.diffusion.samplers import default_sigmas, euler
-    from probe.train import build_denoiser
 
     train_rows = run.train_indices
     train = run.images(train_rows)
@@ -404,7 +384,7 @@ def _influence(out: ResumableH5, run, cfg: AttributionConfig, paths: list[Path],
     if not out.done("influence/samples"):
         samples = euler(run.denoiser, sample_noise(shape, cfg.seed, cfg.samples),
                         default_sigmas(run.denoiser, cfg.sample_steps))
-        nn_index, nn_distance = nearest_neighbours(samples.numpy(), train.numpy())
+        nn_index, nn_distance = nearest_two(samples.numpy(), train.numpy())
         group = out.begin("influence/samples")
         for name, data in (("samples", samples.numpy()), ("train_rows", train_rows),
                            ("nn", nn_index), ("nn_distance", nn_distance)):
@@ -412,8 +392,8 @@ def _influence(out: ResumableH5, run, cfg: AttributionConfig, paths: list[Path],
         out.complete(group)
     samples = torch.from_numpy(out.file["influence/samples/samples"][()])
     noise = loss_noise(shape, cfg.seed)
-    model = build_denoiser(run.config)
-    lr = run.config.train.lr  # constant over training (AdamW, no schedule)
+    model = run.training.fresh_denoiser()
+    lr = run.training.lr
 
     def load(denoiser, path: str) -> float:
         ckpt.load_weights(Path(path), denoiser.backbone)
@@ -441,48 +421,30 @@ def _influence(out: ResumableH5, run, cfg: AttributionConfig, paths: list[Path],
     out.complete(group)
 
 
-# ------------------------------------------------------------------------- tables and runs
+class Attribution:
+    """The attribution probe (protocol: probe.probes.protocol)."""
+
+    name = "attribution"
+    filename = artifacts.ATTRIBUTION_H5
+    table = artifacts.ATTRIBUTION_TABLE
+
+    def validate(self, cfg: AttributionConfig) -> None:
+        validate(cfg)
+
+    def training_images(self, cfg: AttributionConfig) -> str:
+        needs = (["training-image influence (--influence)"] if cfg.influence else []) + \
+            (["attributions of training images (--from train)"] if cfg.source == "train" else [])
+        return " and ".join(needs)
+
+    def plan(self, runs, cfg: AttributionConfig, paths, log) -> list[dict]:
+        return [plan_run(run, cfg) for run in runs]
+
+    def probe(self, run, plan: dict, cfg: AttributionConfig, path: Path, command: str,
+              log) -> None:
+        probe_run(run, plan, cfg, path, command, log)
+
+    def tidy(self, runs, paths: list[Path], cfg: AttributionConfig) -> pd.DataFrame:
+        return pd.concat([metrics.table(p) for p in paths], ignore_index=True)
 
 
-def update_tables(run_ids: list[str], store: Artifacts) -> Path | None:
-    """probes/<run>/attribution.{parquet,csv} per run and tables/attribution (upserted), with
-    head importance joined to tables/locality where it holds the run."""
-    import pandas as pd
-
-    from probe.metrics import attribution as metrics
-    from probe.metrics.tables import read_table, upsert, write_table
-
-    locality = read_table(store.tables_dir / "locality")
-    frames = []
-    for run_id in run_ids:
-        df = metrics.join_locality(metrics.table(probe_path(store, run_id)), locality)
-        write_table(df, store.probe_dir(run_id) / TABLE)
-        frames.append(df)
-    if not frames:
-        return None
-    return upsert(store, TABLE, pd.concat(frames, ignore_index=True))
-
-
-def run_attribution(runs, store: Artifacts, cfg: AttributionConfig | None = None,
-                    command: str = "", figures: bool = True,
-                    log: Callable[[str], None] | None = None, **options) -> dict:
-    """Probe every run (attribution.h5), upsert tables/attribution and draw the figures.
-
-    `runs`: run directories / ids or loaded `Run`s; `options` override `cfg` fields, e.g.
-    run_attribution(runs, store, heads=True, sigmas=(0.2,)). Every bad input is reported before
-    any work. Returns {"probes": [paths], "table": path, "figures": [paths]}."""
-    from probe.runs import load_run
-
-    cfg = dataclasses.replace(cfg or AttributionConfig(), **options)
-    validate(cfg)
-    loaded = [r if hasattr(r, "denoiser") else load_run(r, store) for r in runs]
-    for run in loaded:
-        plan(run, cfg)
-    paths = [probe_run(run, store, cfg, command, log) for run in loaded]
-    table = update_tables([r.run_id for r in loaded], store)
-    drawn = []
-    if figures:
-        from probe.report import attribution_figures
-
-        drawn = attribution_figures.draw(store, [r.run_id for r in loaded])
-    return {"probes": paths, "table": table, "figures": drawn}
+PROBE = Attribution()

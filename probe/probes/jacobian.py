@@ -31,36 +31,38 @@ Two ways to get there:
 
 Attention runs on the explicit-softmax path (`set_backend(model, "explicit")`): the fused CPU SDPA
 kernels have no forward-mode AD and vmap through them is slow. Output: probes/<run-id>/jacobian.h5
-with one complete group per (image, sigma) under /jacobian/{image}/{sigma}, written through
+(layout: probe.formats.jacobian) with one complete group per (image, sigma), written through
 `ResumableH5`, so a killed probe resumes at the next (image, sigma).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
+import pandas as pd
 import psutil
 import scipy.linalg
 import torch
 
+from probe import artifacts
 from probe.allocator import keep_freed_memory
-from probe.artifacts import Artifacts
 from probe.config import JACOBIAN_METHODS, JacobianConfig, to_dict
 from probe.errors import ProbeError
+from probe.formats.h5 import ResumableH5, up_to_date
+from probe.formats.jacobian import group_key, write_group
+from probe.metrics.basis import basis_table
 from probe.models.attention import set_backend
 from probe.probes import lanczos
-from probe.probes.common import ResumableH5, check_inputs, fixed_noise, probe_indices
+from probe.probes.common import check_inputs, probe_indices
+from probe.seeding import fixed_noise
 
-FILENAME = "jacobian.h5"
-ROOT = "jacobian"
+_DEFAULT = JacobianConfig()
 # Dense path: J (float32) plus float64 J, J - J^T, (J + J^T)/2, J^T J and LAPACK's copies and
 # workspace, in bytes per entry of the d x d matrix.
 FULL_BYTES_PER_ENTRY = 64
@@ -299,8 +301,9 @@ def _products(lin: Linearised) -> tuple[lanczos.Product, lanczos.Product]:
     return jv, jtv
 
 
-def decompose_lanczos(lin: Linearised, k: int, tol: float = 1e-4, probes: int = 16,
-                      seed: int = 0, max_steps: int | None = None) -> Basis:
+def decompose_lanczos(lin: Linearised, k: int, tol: float = _DEFAULT.tol,
+                      probes: int = _DEFAULT.probes, seed: int = _DEFAULT.seed,
+                      max_steps: int | None = None) -> Basis:
     """Top-k eigenpairs of (J + J^T)/2 and singular triplets of J, matrix-free (see
     probe.probes.lanczos): one Lanczos process whose products serve all three results."""
     keep_freed_memory()
@@ -326,7 +329,8 @@ def decompose_lanczos(lin: Linearised, k: int, tol: float = 1e-4, probes: int = 
 
 
 def analyse(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, k: int,
-            method: str = "auto", tol: float = 1e-6, probes: int = 64, seed: int = 0,
+            method: str = _DEFAULT.method, tol: float = _DEFAULT.tol,
+            probes: int = _DEFAULT.probes, seed: int = _DEFAULT.seed,
             chunk: int | None = None) -> Basis:
     """Everything stored for one Jacobian of f (flat in, flat out) at the flat point y."""
     method = resolve_method(method, y.numel(), k)
@@ -335,91 +339,24 @@ def analyse(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, k: int,
     return decompose_lanczos(Linearised(f, y), k, tol, probes, seed)
 
 
-# ------------------------------------------------------------------------------------ storage
-
-
-def group_key(image: int, sigma: float) -> str:
-    return f"{ROOT}/{int(image)}/{sigma:g}"
-
-
-def write_group(group: h5py.Group, basis: Basis, clean: np.ndarray, noisy: np.ndarray,
-                attrs: dict) -> None:
-    shape = clean.shape
-    for name in ("eigenvalues", "singular_values"):
-        group[name] = getattr(basis, name).astype(np.float64)
-    for name in ("eigenvectors", "left_singular_vectors", "right_singular_vectors"):
-        group[name] = getattr(basis, name).astype(np.float32)
-    group["clean"] = clean.astype(np.float32)
-    group["noisy"] = noisy.astype(np.float32)
-    group["denoised"] = basis.denoised.reshape(shape).astype(np.float32)
-    for name in ("method", "trace", "asymmetry", "linearity", "estimator", "probes", "products"):
-        group.attrs[name] = getattr(basis, name)
-    group.attrs["k"] = basis.eigenvectors.shape[1]
-    group.attrs["d"] = basis.eigenvectors.shape[0]
-    for key, value in attrs.items():
-        group.attrs[key] = value
-
-
-def read_groups(path: str | Path) -> Iterator[dict]:
-    """Every complete (image, sigma) group of a jacobian.h5 as a dict of arrays and attrs,
-    ordered by image row then sigma."""
-    with h5py.File(path, "r") as f:
-        if ROOT not in f:
-            return
-        for image in sorted(f[ROOT], key=int):
-            for sigma in sorted(f[ROOT][image], key=float):
-                g = f[ROOT][image][sigma]
-                if not g.attrs.get("complete", False):
-                    continue
-                item = {name: g[name][()] for name in g}
-                item.update({k: _plain(v) for k, v in g.attrs.items()})
-                item["image"], item["sigma"] = int(image), float(sigma)
-                yield item
-
-
-def _plain(value):
-    """An HDF5 attribute as a Python value (numpy scalars -> numbers, arrays -> lists)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def file_attrs(path: str | Path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {k: _plain(v) for k, v in f.attrs.items()}
-
-
 # --------------------------------------------------------------------------------- the probe
 
 
-def probe_path(store: Artifacts, run_id: str) -> Path:
-    return store.probe_dir(run_id) / FILENAME
-
-
-def image_dim(run) -> int:
-    m = run.config.model
-    return m.channels * m.image_size * m.image_size
-
-
-def plan(run, cfg: JacobianConfig) -> dict:
+def plan_run(run, cfg: JacobianConfig) -> dict:
     """What probing `run` will do (validated): d, the resolved method, the probe images."""
-    d = image_dim(run)
+    d = math.prod(run.image_shape)
     return {"run": run.run_id, "d": d, "method": resolve_method(cfg.method, d, cfg.k),
             "images": probe_indices(run, cfg.images, cfg.source, cfg.seed).tolist()}
 
 
-def probe_run(run, store: Artifacts, cfg: JacobianConfig, command: str = "",
-              log: Callable[[str], None] | None = None) -> Path:
-    """Write probes/<run-id>/jacobian.h5 for one loaded run (resuming a killed probe)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    p = plan(run, cfg)
+def probe_run(run, p: dict, cfg: JacobianConfig, path: Path, command: str = "",
+              log: Callable[[str], None] = lambda msg: None) -> Path:
+    """Write the jacobian.h5 of one loaded run at `path` (resuming a killed probe)."""
     method, rows = p["method"], np.asarray(p["images"], np.int64)
     identity = {"config": to_dict(dataclasses.replace(cfg, method=method)), "images": p["images"],
                 "checkpoint_sha256": run.checkpoint_sha256}
-    path = probe_path(store, run.run_id)
-    if path.is_file() and file_attrs(path).get("_identity") == json.dumps(identity,
-                                                                         sort_keys=True):
-        log(f"{run.run_id}: {FILENAME} is up to date")
+    if up_to_date(path, identity):
+        log(f"{run.run_id}: {path.name} is up to date")
         return path
     attrs = {**run.provenance(), "command": command, "config": to_dict(cfg), "method": method,
              "images": p["images"]}
@@ -452,33 +389,36 @@ def probe_run(run, store: Artifacts, cfg: JacobianConfig, command: str = "",
     return path
 
 
-def run_jacobian_basis(runs, store: Artifacts, cfg: JacobianConfig | None = None,
-                       command: str = "", figures: bool = True,
-                       log: Callable[[str], None] | None = None, **options) -> dict:
-    """Probe every run (jacobian.h5), upsert the GAHB metrics into tables/basis and draw the
-    figures. `runs`: run directories / ids or loaded `Run`s; `options` override `cfg` fields.
-    Returns {"probes": [paths], "table": path, "figures": [paths]}."""
-    from probe.metrics import basis as basis_metrics
-    from probe.runs import load_run
-
-    cfg = dataclasses.replace(cfg or JacobianConfig(), **options)
-    validate(cfg)
-    loaded = [r if hasattr(r, "denoiser") else load_run(r, store) for r in runs]
-    for run in loaded:  # every bad input is reported before any work
-        plan(run, cfg)
-    paths = [probe_run(run, store, cfg, command, log) for run in loaded]
-    table = basis_metrics.update_table(loaded, store)
-    drawn = []
-    if figures:
-        from probe.report import jacobian_figures
-
-        drawn = jacobian_figures.draw(store, [r.run_id for r in loaded])
-    return {"probes": paths, "table": table, "figures": drawn}
-
-
 def validate(cfg: JacobianConfig) -> None:
-    check_inputs(cfg.sigmas, cfg.source)
+    check_inputs(cfg.sigmas, cfg.source, cfg.seed)
     if cfg.method not in JACOBIAN_METHODS:
         raise ProbeError(f"--method must be one of {', '.join(JACOBIAN_METHODS)}")
     if cfg.images < 1 or cfg.k < 1 or cfg.probes < 1 or not cfg.tol >= 0:
         raise ProbeError("--images, --k and --probes must be positive and --tol >= 0")
+
+
+class JacobianBasis:
+    """The jacobian-basis probe (protocol: probe.probes.protocol)."""
+
+    name = "jacobian-basis"
+    filename = artifacts.JACOBIAN_H5
+    table = artifacts.BASIS_TABLE
+
+    def validate(self, cfg: JacobianConfig) -> None:
+        validate(cfg)
+
+    def training_images(self, cfg: JacobianConfig) -> str:
+        return "Jacobians at training images (--from train)" if cfg.source == "train" else ""
+
+    def plan(self, runs, cfg: JacobianConfig, paths, log) -> list[dict]:
+        return [plan_run(run, cfg) for run in runs]
+
+    def probe(self, run, plan: dict, cfg: JacobianConfig, path: Path, command: str,
+              log) -> None:
+        probe_run(run, plan, cfg, path, command, log)
+
+    def tidy(self, runs, paths: list[Path], cfg: JacobianConfig) -> pd.DataFrame:
+        return basis_table(runs, paths)
+
+
+PROBE = JacobianBasis()

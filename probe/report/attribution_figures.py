@@ -11,7 +11,6 @@ image-mean receptive-field maps in probes/<run-id>/attribution.h5 (`rf_mean`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
@@ -26,18 +25,15 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
+from probe import artifacts  # noqa: E402
 from probe.artifacts import Artifacts  # noqa: E402
 from probe.metrics.attribution import RF_METRICS  # noqa: E402
 from probe.metrics.tables import read_table  # noqa: E402
-from probe.probes.attribution import FILENAME, TABLE  # noqa: E402
-from probe.report.figures import save_png  # noqa: E402
+from probe.report.joins import head_locality  # noqa: E402
+from probe.report.save import save_figure_png, slug  # noqa: E402
 
 LABELS = {"radius_50": "radius holding 50% (px)", "radius_90": "radius holding 90% (px)",
           "mean_distance": "mean attribution distance (px)"}
-
-
-def _slug(value: float) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "-", f"{value:g}".replace(".", "p"))
 
 
 def _model(df: pd.DataFrame) -> pd.Series:
@@ -107,7 +103,7 @@ def rf_maps_figure(store: Artifacts, df: pd.DataFrame, sigma: float) -> Path | N
     for ax in axes.ravel():
         ax.axis("off")
     for _, row in runs.iterrows():
-        path = store.probe_dir(row["run"]) / FILENAME
+        path = store.probe_file(row["run"], artifacts.ATTRIBUTION_H5)
         if not path.is_file():
             continue
         with h5py.File(path, "r") as f:
@@ -124,7 +120,8 @@ def rf_maps_figure(store: Artifacts, df: pd.DataFrame, sigma: float) -> Path | N
         rf_panel(ax, mass, pixel, radii, f"{row['model']}\nN={row['n']} {row['split']}")
     fig.suptitle(f"receptive field of output pixel x,y = {label}, σ={sigma:g}\n"
                  "(circles: 50% / 90% of |attribution|)", fontsize=8, y=1.0 + 0.25 / len(models))
-    return save_png(fig, store.figures_dir / f"attribution_rf_maps_s{_slug(sigma)}.png")
+    stem = f"attribution_rf_maps_s{slug(f'{sigma:g}')}"
+    return save_figure_png(fig, store.figures_dir / f"{stem}.png")
 
 
 def radius_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
@@ -136,13 +133,17 @@ def radius_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
         radius_lines(ax, data, metric)
     axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("effective receptive field vs training-set size", fontsize=9)
-    return save_png(fig, store.figures_dir / "attribution_radius_vs_n.png")
+    return save_figure_png(fig, store.figures_dir / "attribution_radius_vs_n.png")
 
 
-def heads_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
-    heads = df[df["metric"] == "head_importance"]
+def heads_figure(store: Artifacts, run_ids=None) -> Path | None:
+    """Head importance against that head's attention locality (tables/attribution joined with
+    tables/locality as they are now)."""
+    heads = head_locality(store, run_ids)
+    if heads is None or heads.empty:
+        return None
     columns = [c for c in heads.columns if c.startswith("locality_") and heads[c].notna().any()]
-    if heads.empty or not columns:
+    if not columns:
         return None
     cols = min(3, len(columns))
     rows = -(-len(columns) // cols)
@@ -158,12 +159,12 @@ def heads_figure(store: Artifacts, df: pd.DataFrame) -> Path | None:
     fig.colorbar(points, ax=axes, label="layer", shrink=0.6)
     fig.suptitle("are the heads that matter the local ones? (every head, layer and σ)",
                  fontsize=9)
-    return save_png(fig, store.figures_dir / "attribution_heads_vs_locality.png")
+    return save_figure_png(fig, store.figures_dir / "attribution_heads_vs_locality.png")
 
 
 def draw(store: Artifacts, run_ids: list[str] | None = None) -> list[Path]:
     """Every attribution figure from tables/attribution (restricted to `run_ids` if given)."""
-    df = read_table(store.tables_dir / TABLE)
+    df = read_table(store.table(artifacts.ATTRIBUTION_TABLE))
     if df is None or df.empty:
         return []
     if run_ids is not None:
@@ -171,5 +172,5 @@ def draw(store: Artifacts, run_ids: list[str] | None = None) -> list[Path]:
     df = df.assign(model=_model(df))
     sigmas = sorted(df.loc[df["metric"].isin(RF_METRICS), "sigma"].dropna().unique())
     drawn = [rf_maps_figure(store, df, float(s)) for s in sigmas]
-    drawn += [radius_figure(store, df), heads_figure(store, df)]
+    drawn += [radius_figure(store, df), heads_figure(store, run_ids)]
     return [p for p in drawn if p is not None]

@@ -1,149 +1,65 @@
-"""Figures drawn from the files only (HDF5 probes and tidy tables), saved as PNG and PDF.
-
-Layout here, drawing in plots.py, numbers in probe.metrics: a figure function reads files,
-selects, and places plots on a grid.
+"""Which figures each probe's files make: `draw(probe name, store, run ids, cfg)`, called by the
+driver (probe.pipeline) after a probe and by `probe report`. Every figure is drawn from files.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import matplotlib
+import h5py
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-from probe import artifacts  # noqa: E402
-from probe.artifacts import Artifacts  # noqa: E402
-from probe.report import plots  # noqa: E402
-
-FORMATS = ("png", "pdf")
-DPI = 120
+from probe import artifacts
+from probe.artifacts import Artifacts
+from probe.data.loader import to_uint8
+from probe.formats.images import save_grid
+from probe.formats.samples import read_samples
 
 
-def save(fig, stem: Path) -> Path:
-    """Write stem.png and stem.pdf atomically; returns the PNG path."""
-    for fmt in FORMATS:
-        with artifacts.atomic_path(stem.with_suffix(f".{fmt}")) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI)
-    plt.close(fig)
-    return stem.with_suffix(".png")
+def _attention(store: Artifacts, run_ids, cfg) -> list[Path]:
+    from probe.report.attention_figures import attention_locality_figures
+
+    paths = [store.probe_file(r, artifacts.ATTENTION_H5) for r in run_ids]
+    return attention_locality_figures(store, [p for p in paths if p.is_file()],
+                                      getattr(cfg, "queries", ("center",)))
 
 
-def save_png(fig, path: Path, dpi: int = 150, bbox_inches: str | None = "tight") -> Path:
-    """Write one PNG atomically and close the figure."""
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
-    plt.close(fig)
-    return path
+def _jacobian(store: Artifacts, run_ids, cfg) -> list[Path]:
+    from probe.report import jacobian_figures
+
+    return jacobian_figures.draw(store, list(run_ids))
 
 
-def slug(text) -> str:
-    """File-name-safe text; '.' becomes 'p' so a suffix is never mistaken (sigma 0.1 -> 0p1)."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(text).replace(".", "p")).strip("-")
+def _generalization(store: Artifacts, run_ids, cfg) -> list[Path]:
+    from probe.report.generalization_figures import draw_all
+
+    return draw_all(store, list(run_ids))
 
 
-# ------------------------------------------------------------------------- attention locality
+def _attribution(store: Artifacts, run_ids, cfg) -> list[Path]:
+    from probe.report import attribution_figures
 
-LOCALITY_METRICS = ("distance_px", "mass_r1", "entropy", "radius90")
-
-
-def _run_order(attrs: dict):
-    n = attrs.get("n", "")
-    return (n in ("", None), int(n) if n not in ("", None) else 0, str(attrs.get("split", "")),
-            attrs["run_id"])
+    return attribution_figures.draw(store, list(run_ids))
 
 
-def attention_map_figure(paths: list[Path], query: str, sigma_index: int, stem: Path
-                         ) -> Path | None:
-    """An et al. Fig. 4 layout: rows = runs by N, columns = layers; each panel one query's
-    attention over the layer's grid (mean over the probe's images and heads), query marked."""
-    from probe.probes.attention import query_maps, read_layers
-
-    entries = []
-    for path in paths:
-        attrs, layers = query_maps(path, query, sigma_index)
-        if layers:
-            entries.append((attrs, layers))
-    if not entries:
-        return None
-    entries.sort(key=lambda e: _run_order(e[0]))
-    sigma = read_layers(paths[0])[1][sigma_index]
-    rows, cols = len(entries), max(len(layers) for _, layers in entries)
-    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",
-                             figsize=(1.25 * cols + 0.8, 1.3 * rows + 0.7))
-    for r, (attrs, layers) in enumerate(entries):
-        for c, layer in enumerate(layers):
-            window = f", w{layer['window']}" if layer["window"] else ""
-            plots.attention_map(layer["map"], layer["query"], axes[r, c],
-                                title=f"layer {layer['layer']}{window}")
-        for c in range(len(layers), cols):
-            axes[r, c].axis("off")
-        n = attrs.get("n", "")
-        label = f"N={n} {attrs.get('split', '')}" if n not in ("", None) else attrs["run_id"]
-        axes[r, 0].set_ylabel(label, fontsize=7)
-    fig.suptitle(f"{entries[0][0]['arch']}: attention of query {query} at sigma {sigma:g}",
-                 fontsize=9)
-    return save(fig, stem)
-
-
-def _metric_grid(means, draw, stem: Path, title: str, metrics=LOCALITY_METRICS) -> Path | None:
-    """Rows = metrics, columns = noise levels; `draw(df, ax)` fills each panel."""
-    metrics = [m for m in metrics if m in set(means["metric"])]
-    sigmas = sorted(means["sigma"].unique())
-    if not metrics or not sigmas:
-        return None
-    # Fixed margins, no layout engine: it would measure every tick label on every save.
-    width, height = 3.0 * len(sigmas) + 1.6, 2.3 * len(metrics) + 0.6
-    fig, axes = plt.subplots(len(metrics), len(sigmas), squeeze=False, figsize=(width, height))
-    fig.subplots_adjust(left=0.75 / width, right=1 - 1.4 / width, bottom=0.5 / height,
-                        top=1 - 0.6 / height, wspace=0.35, hspace=0.45)
-    for r, metric in enumerate(metrics):
-        for c, sigma in enumerate(sigmas):
-            ax = axes[r, c]
-            draw(means[(means["metric"] == metric) & (means["sigma"] == sigma)], ax)
-            if r == 0:
-                ax.set_title(f"sigma {sigma:g}", fontsize=9)
-            if c > 0:
-                ax.set_ylabel("")
-    handles, labels = axes[0, -1].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    return save(fig, stem)
-
-
-def attention_locality_figures(store: Artifacts, paths: list[Path], queries=("center",)
-                               ) -> list[Path]:
-    """Every attention-locality figure for the probe files `paths`, per architecture:
-    attention maps per query and noise level, locality vs layer per N, locality vs N per layer
-    (the last two from tables/locality, so runs probed earlier are included)."""
-    from probe.metrics.locality import layer_means
-    from probe.metrics.tables import read_table
-    from probe.probes.attention import read_layers
-
-    by_arch: dict[str, list[Path]] = {}
-    for path in paths:
-        by_arch.setdefault(read_layers(path)[0]["arch"], []).append(Path(path))
-    table = read_table(store.tables_dir / "locality")
+def _samples(store: Artifacts, run_ids, cfg) -> list[Path]:
+    """probes/<run>/samples.png: the grid of the run's samples.h5."""
     out = []
-    for arch, arch_paths in by_arch.items():
-        base = store.figures_dir / "attention"
-        sigmas = read_layers(arch_paths[0])[1]
-        for query in queries:
-            for si, sigma in enumerate(sigmas):
-                stem = base / f"maps_{slug(arch)}_q{slug(query)}_sigma{slug(f'{sigma:g}')}"
-                out.append(attention_map_figure(arch_paths, query, si, stem))
-        if table is None:
+    for run_id in run_ids:
+        path = store.probe_file(run_id, artifacts.SAMPLES_H5)
+        if not path.is_file():
             continue
-        means = layer_means(table[table["arch"] == arch])
-        out.append(_metric_grid(means, lambda df, ax: plots.locality_vs_layer(df, ax),
-                                base / f"locality_vs_layer_{slug(arch)}",
-                                f"{arch}: attention locality vs layer, per N"))
-        if means["n"].notna().any():
-            out.append(_metric_grid(means, lambda df, ax: plots.locality_vs_n(df, ax),
-                                    base / f"locality_vs_n_{slug(arch)}",
-                                    f"{arch}: attention locality vs N, per layer"))
-    return [p for p in out if p is not None]
+        with h5py.File(path, "r") as f:
+            images = read_samples(f)
+        if images is not None:
+            out.append(save_grid(store.probe_file(run_id, artifacts.SAMPLES_PNG),
+                                 to_uint8(images)))
+    return out
+
+
+DRAWERS = {"attention-locality": _attention, "jacobian-basis": _jacobian,
+           "generalization": _generalization, "attribution": _attribution, "sample": _samples}
+
+
+def draw(probe: str, store: Artifacts, run_ids, cfg=None) -> list[Path]:
+    """Every figure of probe `probe` for these runs."""
+    return [p for p in DRAWERS[probe](store, run_ids, cfg) if p is not None]

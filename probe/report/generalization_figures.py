@@ -22,11 +22,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from probe import artifacts  # noqa: E402
 from probe.artifacts import Artifacts  # noqa: E402
+from probe.formats.h5 import attr_n  # noqa: E402
 from probe.metrics.tables import read_table  # noqa: E402
-from probe.report.figures import save_png  # noqa: E402
+from probe.report.save import save_figure_png  # noqa: E402
 
-H5, TABLE = "generalization.h5", "generalization"
+H5, TABLE = artifacts.GENERALIZATION_H5, artifacts.GENERALIZATION_TABLE
 
 
 def _h5_paths(store: Artifacts, runs) -> dict[str, Path]:
@@ -41,7 +43,7 @@ def _pairs(paths: dict[str, Path]) -> list[tuple[str, str, int]]:
         with h5py.File(path, "r") as f:
             if "pairs" not in f:
                 continue
-            split, n = str(f.attrs.get("split", "")), int(f.attrs.get("n", 0))
+            split, n = str(f.attrs.get("split", "")), attr_n(f.attrs) or 0
             for other, group in f["pairs"].items():
                 key = frozenset((run, other))
                 if key in seen or other not in paths:
@@ -86,7 +88,7 @@ def sample_pairs_figure(store: Artifacts, runs, path: Path, count: int = 8) -> P
         axes[i, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle("Same noise, models trained on disjoint sets: samples and nearest training "
                  "images", fontsize=8)
-    return save_png(fig, path)
+    return save_figure_png(fig, path)
 
 
 def similarity_histograms_figure(store: Artifacts, runs, path: Path) -> Path | None:
@@ -98,7 +100,7 @@ def similarity_histograms_figure(store: Artifacts, runs, path: Path) -> Path | N
             by_n.setdefault(n, {"pair": [], "nn": []})["pair"].append(f[f"pairs/{b}/cosine"][:])
     for p in paths.values():
         with h5py.File(p, "r") as f:
-            n = int(f.attrs.get("n", 0))
+            n = attr_n(f.attrs) or 0
             by_n.setdefault(n, {"pair": [], "nn": []})["nn"].append(
                 f["neighbours/cosine_similarities"][:, 0])
     if not by_n:
@@ -116,7 +118,7 @@ def similarity_histograms_figure(store: Artifacts, runs, path: Path) -> Path | N
         ax.set_title(f"N = {n}", fontsize=8)
         ax.set_xlabel("cosine similarity", fontsize=7)
     axes[0, 0].legend(fontsize=6, loc="upper left")
-    return save_png(fig, path)
+    return save_figure_png(fig, path)
 
 
 def _psnr_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -145,7 +147,7 @@ def psnr_gap_vs_sigma_figure(table: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xlabel("noise level sigma ([-1, 1] scale)", fontsize=7)
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("PSNR gap, train - test (dB)", fontsize=7)
-    return save_png(fig, path)
+    return save_figure_png(fig, path)
 
 
 def psnr_gap_vs_n_figure(table: pd.DataFrame, path: Path) -> Path | None:
@@ -163,7 +165,7 @@ def psnr_gap_vs_n_figure(table: pd.DataFrame, path: Path) -> Path | None:
     ax.set_xlabel("training set size N", fontsize=7)
     ax.set_ylabel("mean PSNR gap over sigma (dB)", fontsize=7)
     ax.legend(fontsize=6)
-    return save_png(fig, path)
+    return save_figure_png(fig, path)
 
 
 def draw_all(store: Artifacts, runs=None) -> list[Path]:

@@ -22,10 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from probe import artifacts  # noqa: E402
 from probe.artifacts import Artifacts  # noqa: E402
+from probe.formats.h5 import attr_n, read_attrs  # noqa: E402
+from probe.formats.jacobian import read_groups  # noqa: E402
 from probe.metrics.tables import read_table  # noqa: E402
-from probe.probes.jacobian import file_attrs, probe_path, read_groups  # noqa: E402
-from probe.report.figures import save_png  # noqa: E402
+from probe.report.save import save_figure_png  # noqa: E402
 
 SHOW = 8  # eigenvectors per row of the grids
 LINESTYLES = ("-", "--", ":", "-.")
@@ -127,7 +129,7 @@ def _save(axes: np.ndarray, path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return save_png(fig, path, dpi=120, bbox_inches=None)
+    return save_figure_png(fig, path, dpi=120, bbox_inches=None)
 
 
 def draw(store: Artifacts, run_ids: list[str]) -> list[Path]:
@@ -135,10 +137,10 @@ def draw(store: Artifacts, run_ids: list[str]) -> list[Path]:
     out_dir = store.figures_dir / "jacobian"
     runs = []
     for run_id in run_ids:
-        path = probe_path(store, run_id)
+        path = store.probe_file(run_id, artifacts.JACOBIAN_H5)
         if path.is_file():
-            attrs = file_attrs(path)
-            runs.append((attrs.get("arch", ""), int(attrs.get("n", 0)), attrs.get("split", ""),
+            attrs = read_attrs(path)
+            runs.append((attrs.get("arch", ""), attr_n(attrs) or 0, attrs.get("split", ""),
                          run_id, list(read_groups(path))))
     runs.sort(key=lambda r: r[:3])
     written = []
@@ -164,7 +166,7 @@ def draw(store: Artifacts, run_ids: list[str]) -> list[Path]:
               for arch, n, _, _, groups in runs for g in groups]
     if curves:
         written.append(_save(spectra(curves), out_dir / "spectra.png"))
-    table = read_table(store.tables_dir / "basis")
+    table = read_table(store.table(artifacts.BASIS_TABLE))
     if table is not None:
         table = table[table["run"].isin(run_ids)]
         if len(table) and (table["metric"] == "harmonicity_eigen").any():

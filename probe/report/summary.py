@@ -1,4 +1,5 @@
-"""`probe report`: one markdown summary of every table under tables/, plus the figures' list.
+"""`probe report`: the cross-probe joins (probe.report.joins), then one markdown summary of
+every table under tables/, plus the figures' list.
 
 Reads only files: each table's values are averaged per model (arch, N, split, window) and metric,
 so the numbers a figure shows can be read off as text too.
@@ -13,6 +14,7 @@ import pandas as pd
 from probe import artifacts
 from probe.artifacts import Artifacts
 from probe.metrics.tables import read_table
+from probe.report.joins import build_joins
 
 # table -> the metrics worth a line in the summary (all others stay in the table files)
 HEADLINES = {
@@ -54,6 +56,10 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def build_report(store: Artifacts) -> tuple[Path, str]:
+    from probe.report.attribution_figures import heads_figure
+
+    build_joins(store)
+    heads_figure(store)  # the one figure that needs two probes' tables
     sections = ["# probe report", ""]
     for name, metrics in HEADLINES.items():
         df = read_table(store.tables_dir / name)
@@ -64,6 +70,13 @@ def build_report(store: Artifacts) -> tuple[Path, str]:
             continue
         sections += [f"## {name} (mean over images, sigmas, layers, heads)", "",
                      _markdown(table), "", f"Full table: `tables/{name}.csv`", ""]
+    gap = read_table(store.table(artifacts.LOCALITY_GAP_TABLE))
+    if gap is not None and len(gap):
+        overall = gap[gap["sigma"].isna()].pivot_table(index=["arch", "layer"], columns="metric",
+                                                       values="rho").reset_index()
+        sections += ["## attention locality vs PSNR gap (Spearman rho across runs, over all "
+                     "sigmas)", "", _markdown(overall), "",
+                     f"Full table: `tables/{artifacts.LOCALITY_GAP_TABLE}.csv`", ""]
     figures = sorted(store.figures_dir.rglob("*.png")) if store.figures_dir.is_dir() else []
     if figures:
         sections += ["## figures", ""]
@@ -73,6 +86,6 @@ def build_report(store: Artifacts) -> tuple[Path, str]:
         sections.append("No tables yet: run a probe (attention-locality, jacobian-basis, "
                         "generalization, attribution) first.")
     text = "\n".join(sections)
-    path = store.root / "report.md"
+    path = store.root / artifacts.REPORT_MD
     artifacts.write_text(path, text + "\n")
     return path, text

@@ -1,4 +1,4 @@
-"""Image grids as PNG files (no matplotlib needed)."""
+"""Images and image grids as PNG files (no matplotlib needed)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 1, scale: in
     return out
 
 
-def save_png(path: Path, image: np.ndarray) -> Path:
+def write_png(path: Path, image: np.ndarray) -> Path:
+    """One uint8 [H, W, C] image, written atomically."""
     image = image[..., 0] if image.shape[-1] == 1 else image
     with artifacts.atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
@@ -36,4 +37,4 @@ def save_png(path: Path, image: np.ndarray) -> Path:
 
 def save_grid(path: Path, images: np.ndarray, columns: int | None = None) -> Path:
     scale = max(1, 128 // images.shape[1])  # small images are upscaled so they can be seen
-    return save_png(path, grid(images, columns, scale=scale))
+    return write_png(path, grid(images, columns, scale=scale))

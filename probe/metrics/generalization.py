@@ -1,0 +1,101 @@
+"""The tidy table of `probe generalization`, from one generalization.h5
+(layout: probe.formats.generalization), and its one-line-per-run text summary.
+
+Columns: run, arch, n, split, dataset, sigma (NaN where it does not apply), metric, value,
+pair, note. Metrics: psnr_train, psnr_test, psnr_gap per sigma and psnr_gap_mean (An et al.'s
+PSNR gap); memorized_fraction, nn_ratio_mean, carlini_ratio, nn_cosine_mean (nearest training
+images); reproducibility and reproducible_fraction per pair (same-noise cosine); fid, kid,
+precision, recall (NaN with a note when no feature extractor was given).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from probe.formats import generalization as fmt
+from probe.formats.h5 import decode_attrs
+from probe.metrics import memorization as mem
+from probe.metrics.psnr import psnr_gap
+
+COLUMNS = ("run", "arch", "n", "split", "dataset", "sigma", "metric", "value", "pair", "note")
+NO_WEIGHTS = "skipped: no --fid-weights given (no feature extractor is downloaded)"
+QUALITY = ("fid", "kid", "precision", "recall")
+
+
+def table_from_file(path: str | Path, threshold: float = mem.REPRODUCIBLE_THRESHOLD,
+                    quality_key: str | None = None) -> pd.DataFrame:
+    """Rows of one run's file: `threshold` for reproducible pairs, `quality_key` the group of
+    the feature extractor in use (None: FID and friends are reported as skipped)."""
+    rows = []
+
+    def add(metric, value, sigma=math.nan, pair="", note=""):
+        rows.append({"sigma": float(sigma), "metric": metric, "value": float(value),
+                     "pair": pair, "note": note})
+
+    with h5py.File(path, "r") as f:
+        attrs = decode_attrs(f.attrs)
+        sigmas, train, test = f["psnr/sigmas"][:], f["psnr/train"][:], f["psnr/test"][:]
+        gap = psnr_gap(train, test)
+        for sigma, tr, te, g in zip(sigmas, train.mean(1), test.mean(1), gap):
+            add("psnr_train", tr, sigma)
+            add("psnr_test", te, sigma)
+            add("psnr_gap", g, sigma)
+        add("psnr_gap_mean", gap.mean())
+        distances = f["neighbours/l2_distances"][:]
+        add("memorized_fraction", mem.memorized_fraction(distances),
+            note=f"||x - NN1|| / ||x - NN2|| < {mem.NN_RATIO_THRESHOLD:.3g}")
+        add("nn_ratio_mean", np.nanmean(f["neighbours/nn_ratio"][:]))
+        add("carlini_ratio", f["neighbours/carlini_ratio"][:].mean(),
+            note=f"mean over samples; k = {min(mem.CARLINI_K, distances.shape[1])}")
+        add("nn_cosine_mean", f["neighbours/cosine_similarities"][:, 0].mean())
+        for other in sorted(f[fmt.PAIRS]) if fmt.PAIRS in f else []:
+            cos = f[fmt.pair_key(other)]["cosine"][:]
+            add("reproducibility", cos.mean(), pair=other, note="mean cosine, same noise")
+            add("reproducible_fraction", mem.reproducible_fraction(cos, threshold),
+                pair=other, note=f"cosine > {threshold:g}")
+        if quality_key is None or quality_key not in f:
+            for metric in QUALITY:
+                add(metric, math.nan, note=NO_WEIGHTS)
+        else:
+            g = f[quality_key]
+            note = f"{g.attrs['extractor']}; {g.attrs['n_fake']} samples vs " \
+                   f"{g.attrs['n_real']} held-out images"
+            for metric in QUALITY:
+                add(metric, g.attrs[metric], note=note)
+    df = pd.DataFrame(rows)
+    n = attrs.get("n", "")
+    df.insert(0, "dataset", attrs.get("dataset", ""))
+    df.insert(0, "split", attrs.get("split", ""))
+    df.insert(0, "n", pd.array([None if n in ("", None) else int(n)] * len(df), "Int64"))
+    df.insert(0, "arch", attrs["arch"])
+    df.insert(0, "run", attrs["run_id"])
+    return df[list(COLUMNS)]
+
+
+def text_report(table: pd.DataFrame) -> str:
+    """PSNR gap and memorization per run, one line each (plus reproducibility per pair)."""
+    lines = [f"{'run':48s} {'N':>7s} {'split':>5s} {'PSNR gap (dB)':>13s} {'memorized':>9s} "
+             f"{'Carlini':>7s} {'reproducible':>12s} {'FID':>8s}"]
+
+    def first(rows, metric):
+        v = rows.loc[rows.metric == metric, "value"]
+        return float(v.iloc[0]) if len(v) else math.nan
+
+    for run, rows in table.groupby("run", sort=False):
+        repro = rows.loc[rows.metric == "reproducible_fraction", "value"]
+        repro_text = f"{repro.mean():12.2f}" if len(repro) else f"{'-':>12s}"
+        fid_value = first(rows, "fid")
+        fid_text = f"{fid_value:8.2f}" if math.isfinite(fid_value) else f"{'-':>8s}"
+        n = rows.n.iloc[0]
+        lines.append(f"{run:48s} {'?' if pd.isna(n) else int(n):>7} {rows.split.iloc[0]:>5s} "
+                     f"{first(rows, 'psnr_gap_mean'):13.2f} "
+                     f"{first(rows, 'memorized_fraction'):9.2f} "
+                     f"{first(rows, 'carlini_ratio'):7.2f} {repro_text} {fid_text}")
+    if table.metric.isin(QUALITY).any() and table.loc[table.metric == "fid", "value"].isna().all():
+        lines.append(f"FID/KID/precision/recall {NO_WEIGHTS}")
+    return "\n".join(lines)
