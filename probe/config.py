@@ -119,7 +119,7 @@ OBJECTIVES = ("ddpm", "edm", "blind")
 class ModelConfig:
     """A backbone: a zoo preset plus what the data decides (size, channels, classes)."""
 
-    arch: str = "dit-xs/2"  # a preset name from `probe models list`
+    arch: str = "dit-tiny/2"  # a preset name from `probe models list`
     image_size: int = 32
     channels: int = 1
     num_classes: int = 0  # 0: unconditional

@@ -1,7 +1,9 @@
 """Registry of named model presets: `build(ModelConfig)` -> backbone.
 
-A preset is a family (dit, unet, bf-unet, udit, diffit) plus its size arguments. DiT names follow
-the paper, `dit-{xs,s,b,l,xl}/{1,2,4,8}` (the number is the patch size). Each family module
+A preset is a family (dit, unet, bf-unet, udit, diffit) plus its size arguments. A name a paper
+uses means what that paper says (its source is cited next to it); names of our own CPU-sized
+models (`dit-tiny`, `*-xs` outside the DiT family) cannot be confused with a paper's. DiT names
+are `dit-{tiny,xs,s,b,l,xl}/{1,2,4,8}` (the number is the patch size). Each family module
 exposes `build(cfg, **kwargs)`; it is imported only when a preset of that family is built, so
 listing presets stays cheap.
 """
@@ -38,13 +40,27 @@ def register(name: str, family: str, description: str = "", **kwargs) -> None:
     PRESETS[name] = Preset(name, family, kwargs, description)
 
 
-# DiT sizes: (depth, width, heads). XS is ours: a CPU-sized model for laptops and tests.
-DIT_SIZES = {"xs": (4, 128, 4), "s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16),
-             "xl": (28, 1152, 16)}
-for _size, (_depth, _width, _heads) in DIT_SIZES.items():
+# DiT sizes: (depth, width, heads, source).
+# - S/B/L/XL: Peebles & Xie (2212.09748), Table 1.
+# - XS: An et al. (2410.21273), the pixel-space DiT-XS/1 of their experiments: width 252 with 4
+#   heads (their project page). Depth 12 is our reading, not a quoted number: it is DiT-S's depth,
+#   their S/1 is DiT-S at patch 1, and their window placements "head" (first six layers) and
+#   "tail" (last six) then split the model into halves.
+# - tiny: ours, a CPU-sized model for laptops, tests and the demo.
+DIT_SIZES = {
+    "tiny": (4, 128, 4, "ours, CPU-sized"),
+    "xs": (12, 252, 4, "An et al. 2410.21273; depth 12 assumed"),
+    "s": (12, 384, 6, "Peebles & Xie 2212.09748"),
+    "b": (12, 768, 12, "Peebles & Xie 2212.09748"),
+    "l": (24, 1024, 16, "Peebles & Xie 2212.09748"),
+    "xl": (28, 1152, 16, "Peebles & Xie 2212.09748"),
+}
+for _size, (_depth, _width, _heads, _source) in DIT_SIZES.items():
+    _label = "tiny" if _size == "tiny" else _size.upper()
     for _patch in (1, 2, 4, 8):
         register(f"dit-{_size}/{_patch}", "dit",
-                 f"DiT-{_size.upper()}/{_patch}: depth {_depth}, width {_width}, heads {_heads}",
+                 f"DiT-{_label}/{_patch}: depth {_depth}, width {_width}, heads {_heads} "
+                 f"({_source})",
                  depth=_depth, width=_width, heads=_heads, patch=_patch)
 
 # UNets (diffusers UNet2DModel). `attention` lists the levels with self-attention (level 0 = full
