@@ -160,6 +160,7 @@ TINY = ["--dataset", "digits", "--size", "8", "--steps", "2", "--batch", "4", "-
     (["--arch", "dit-tiny/2", "--window", "4:3"], "layers must lie in 0..3"),
     (["--arch", "dit-tiny/2", "--window", "0:4"], "size must be odd"),
     (["--arch", "dit-tiny/2", "--window", "0-x:3"], "expected LAYERS:SIZE"),
+    (["--arch", "dit-tiny/2", "--window", "an-default"], "places 6 windows; this model has 4"),
     (["--arch", "dit-tiny/2", "--n", "100000"], "N=100000 is larger than split a allows"),
     (["--arch", "dit-tiny/2", "--batch", "0"], "--batch"),
 ])

@@ -314,7 +314,8 @@ class LatentDiffiT(nn.Module):
         return self.unpatchify(self.final_layer(x))
 
 
-def _layer_count(blocks: tuple[int, ...]) -> int:
+def layer_count(blocks: tuple[int, ...]) -> int:
+    """Transformer layers of the image-space U: every encoder level's plus the decoder's."""
     return sum(blocks) + sum(blocks[:-1])
 
 
@@ -325,7 +326,7 @@ def build(cfg, kind: str, width: int, heads: int, **kwargs) -> nn.Module:
 
     if kind == "image":
         blocks = tuple(kwargs.pop("blocks"))
-        depth = _layer_count(blocks)
+        depth = layer_count(blocks)
         windows = parse_windows(cfg.windows, depth, (cfg.image_size, cfg.image_size))
         return DiffiT(image_size=cfg.image_size, in_channels=cfg.channels, width=width,
                       heads=heads, blocks=blocks, num_classes=cfg.num_classes,

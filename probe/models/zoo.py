@@ -94,25 +94,46 @@ def preset(arch: str) -> Preset:
 
 def parse_windows(specs: tuple[str, ...] | list[str], depth: int, grid: tuple[int, int]
                   ) -> tuple[int, ...]:
-    """["0-3:5", "7:3"] -> per-layer window sides (0 = global). Validates against the model."""
+    """["0-3:5", "7:3"] -> per-layer window sides (0 = global). Validates against the model.
+
+    A spec may also name a window preset (`probe.models.windows`, e.g. "an-default"), which
+    expands into per-layer specs for this depth first.
+    """
+    from probe.models.windows import expand
+
     windows = [0] * depth
-    for spec in specs:
+    for spec, origin in expand(specs, depth):
+        name = repr(spec) if spec == origin else f"{spec!r} (from {origin.strip()})"
         match = re.fullmatch(r"\s*(all|\d+)(?:-(\d+))?\s*:\s*(\d+)\s*", spec)
         if not match:
-            raise ProbeError(f"bad window {spec!r}: expected LAYERS:SIZE such as 0-3:5 or all:7")
+            raise ProbeError(f"bad window {name}: expected LAYERS:SIZE such as 0-3:5 or all:7, "
+                             "or a preset name (`probe models windows`)")
         first, last, size = match.groups()
         lo, hi = (0, depth - 1) if first == "all" else (int(first), int(last or first))
         size = int(size)
         if lo > hi or hi >= depth:
-            raise ProbeError(f"window {spec!r}: layers must lie in 0..{depth - 1}")
+            raise ProbeError(f"window {name}: layers must lie in 0..{depth - 1}")
         if size < 1 or size % 2 == 0:
-            raise ProbeError(f"window {spec!r}: size must be odd (centred on the query)")
+            raise ProbeError(f"window {name}: size must be odd (centred on the query)")
         if size > 2 * max(grid) - 1:
-            raise ProbeError(f"window {spec!r}: {size}x{size} is larger than the "
+            raise ProbeError(f"window {name}: {size}x{size} is larger than the "
                              f"{grid[0]}x{grid[1]} token grid allows")
         for layer in range(lo, hi + 1):
             windows[layer] = size
     return tuple(windows)
+
+
+def window_layout(arch: str, image_size: int) -> tuple[int, tuple[int, int]]:
+    """(attention layers, token grid) that a `--window` spec of this preset is checked against;
+    depth 0: the preset takes no windows (UNets, U-DiT)."""
+    kwargs = preset(arch).kwargs
+    grid = (image_size // kwargs.get("patch", 1),) * 2
+    if kwargs.get("kind") == "image":  # image-space DiffiT: every ResBlock of the U, in order
+        from probe.models.diffit import layer_count
+
+        return layer_count(kwargs["blocks"]), grid
+    depth = kwargs.get("depth")
+    return (depth if isinstance(depth, int) else 0), grid
 
 
 def build(cfg: ModelConfig) -> nn.Module:
