@@ -78,9 +78,21 @@ register("unet-xs", "unet", "tiny UNet for CPU and tests: channels (32, 64, 64),
          "attention at the lowest level and in the middle",
          kind="unet", block_out_channels=(32, 64, 64), layers_per_block=1, attention=(-1,),
          attention_head_dim=32, norm_num_groups=8)
-# Bias-free blind UNet of Kadkhodaie et al. (ICLR 2024): use with objective "blind".
+# Bias-free blind UNet of Kadkhodaie et al. (ICLR 2024, 2310.02557): use with objective "blind".
+# Their Table 1 grows the network with the image: one more pooling level per doubling, 64
+# channels at full resolution, 2 convs per block. Blocks per resolution follow their release
+# (code/model_loader_func.py: RF_blocks = {18: 1, 45: 2, 90: 3, 180: 4}); our counts are the
+# release's, which the paper rounds loosely (366k printed as 360k, 7.66M as 7.6M). The receptive
+# fields come out exactly as printed (tests/test_unet.py measures them).
+BF_UNET_SIZES = {  # image side: (blocks, parameters and receptive field in their Table 1)
+    20: (1, "360k", 18), 40: (2, "1.8M", 44), 80: (3, "7.6M", 92), 160: (4, "31M", 188)}
+for _side, (_blocks, _params, _rf) in BF_UNET_SIZES.items():
+    register(f"bf-unet-{_side}", "bf-unet",
+             f"bias-free blind UNet for {_side}x{_side} images (Kadkhodaie et al. Table 1): "
+             f"{_blocks} pooling level(s), {_params} parameters, receptive field {_rf}",
+             kind="bf-unet", width=64, blocks=_blocks)
 register("bf-unet", "bf-unet", "bias-free blind UNet (Kadkhodaie et al.): 3 levels, channels "
-         "64/128/256, middle 512, 2 convs per block", kind="bf-unet", width=64)
+         "64/128/256, middle 512, 2 convs per block (= bf-unet-80)", kind="bf-unet", width=64)
 register("bf-unet-xs", "bf-unet", "bias-free blind UNet, 16 base channels (CPU and tests)",
          kind="bf-unet", width=16)
 
