@@ -124,7 +124,7 @@ class ModelConfig:
     channels: int = 1
     num_classes: int = 0  # 0: unconditional
     learn_sigma: bool = False  # ddpm: also predict the variance (2C outputs, iDDPM hybrid loss)
-    windows: tuple[str, ...] = ()  # local attention windows, "LAYERS:SIZE", e.g. "0-3:5"
+    windows: tuple[str, ...] = ()  # attention windows: "0-3:5", "all:p4", "an-default", ...
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
               help="Subset split: a (nested), b (disjoint twin) or both.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=_T.objective)
 @click.option("--window", "windows", multiple=True,
-              help="Local attention window LAYERS:SIZE, e.g. 0-3:5, or a preset such as "
-                   "an-default (`probe models windows`); repeatable, later ones win.")
+              help="Attention window LAYERS:SIZE (sliding, e.g. 0-3:5), LAYERS:pSIZE "
+                   "(partitions), LAYERS:global, or a preset such as an-default "
+                   "(`probe models windows`); repeatable, later ones win.")
 @click.option("--learn-sigma", is_flag=True, help="ddpm: also learn the variance.")
 @click.option("--steps", type=click.IntRange(1), default=_T.steps)
 @click.option("--batch", type=click.IntRange(1), default=_T.batch)

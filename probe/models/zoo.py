@@ -19,6 +19,7 @@ from torch import nn
 
 from probe.config import ModelConfig
 from probe.errors import ProbeError
+from probe.models.attention import Partition, Window
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ BF_UNET_SIZES = {  # image side: (blocks, parameters and receptive field in thei
 for _side, (_blocks, _params, _rf) in BF_UNET_SIZES.items():
     register(f"bf-unet-{_side}", "bf-unet",
              f"bias-free blind UNet for {_side}x{_side} images (Kadkhodaie et al. Table 1): "
-             f"{_blocks} pooling level(s), {_params} parameters, receptive field {_rf}",
+             f"{_blocks} pooling{'s' if _blocks > 1 else ''}, {_params} parameters, "
+             f"receptive field {_rf}",
              kind="bf-unet", width=64, blocks=_blocks)
 register("bf-unet", "bf-unet", "bias-free blind UNet (Kadkhodaie et al.): 3 levels, channels "
          "64/128/256, middle 512, 2 convs per block (= bf-unet-80)", kind="bf-unet", width=64)
@@ -104,35 +106,51 @@ def preset(arch: str) -> Preset:
         raise ProbeError(f"unknown arch {arch!r}; `probe models list` shows the presets") from None
 
 
-def parse_windows(specs: tuple[str, ...] | list[str], depth: int, grid: tuple[int, int]
-                  ) -> tuple[int, ...]:
-    """["0-3:5", "7:3"] -> per-layer window sides (0 = global). Validates against the model.
+def parse_windows(specs: tuple[str, ...] | list[str], depth: int, grid: tuple[int, int],
+                  default: Window = 0) -> tuple[Window, ...]:
+    """["0-3:5", "7:p4"] -> per-layer windows. Validates against the model's depth and grid.
 
-    A spec may also name a window preset (`probe.models.windows`, e.g. "an-default"), which
-    expands into per-layer specs for this depth first.
+    LAYERS:SIZE is a sliding SIZE x SIZE window centred on each query (SIZE odd), LAYERS:pSIZE
+    non-overlapping SIZE x SIZE partitions, LAYERS:global plain attention; `default` is what the
+    layers no spec names get (a preset's own layout). A spec may also name a window preset
+    (`probe.models.windows`, e.g. "an-default"), which expands into per-layer specs first.
     """
     from probe.models.windows import expand
 
-    windows = [0] * depth
+    windows = [default] * depth
     for spec, origin in expand(specs, depth):
         name = repr(spec) if spec == origin else f"{spec!r} (from {origin.strip()})"
-        match = re.fullmatch(r"\s*(all|\d+)(?:-(\d+))?\s*:\s*(\d+)\s*", spec)
+        match = re.fullmatch(r"\s*(all|\d+)(?:-(\d+))?\s*:\s*(\d+|p\d+|global)\s*", spec)
         if not match:
             raise ProbeError(f"bad window {name}: expected LAYERS:SIZE such as 0-3:5 or all:7, "
-                             "or a preset name (`probe models windows`)")
+                             "LAYERS:pSIZE (partitions), or a preset name "
+                             "(`probe models windows`)")
         first, last, size = match.groups()
         lo, hi = (0, depth - 1) if first == "all" else (int(first), int(last or first))
-        size = int(size)
         if lo > hi or hi >= depth:
             raise ProbeError(f"window {name}: layers must lie in 0..{depth - 1}")
-        if size < 1 or size % 2 == 0:
-            raise ProbeError(f"window {name}: size must be odd (centred on the query)")
-        if size > 2 * max(grid) - 1:
-            raise ProbeError(f"window {name}: {size}x{size} is larger than the "
-                             f"{grid[0]}x{grid[1]} token grid allows")
+        window = _window(name, size, grid)
         for layer in range(lo, hi + 1):
-            windows[layer] = size
+            windows[layer] = window
     return tuple(windows)
+
+
+def _window(name: str, size: str, grid: tuple[int, int]) -> Window:
+    if size == "global":
+        return 0
+    if size.startswith("p"):
+        side = int(size[1:])
+        if not 1 <= side <= max(grid):
+            raise ProbeError(f"window {name}: partitions must be 1 to {max(grid)} tokens wide "
+                             f"on the {grid[0]}x{grid[1]} token grid")
+        return Partition(side)
+    side = int(size)
+    if side < 1 or side % 2 == 0:
+        raise ProbeError(f"window {name}: size must be odd (centred on the query)")
+    if side > 2 * max(grid) - 1:
+        raise ProbeError(f"window {name}: {side}x{side} is larger than the "
+                         f"{grid[0]}x{grid[1]} token grid allows")
+    return side
 
 
 def window_layout(arch: str, image_size: int) -> tuple[int, tuple[int, int]]:
@@ -192,14 +210,22 @@ for _size, (_width, _heads, _depth) in UDIT_SIZES.items():
              f"blocks {'-'.join(map(str, _depth))}",
              width=_width, heads=_heads, depth=_depth)
 
-# DiffiT (Hatamizadeh et al. 2312.02139): image-space U (C, width multipliers, ResBlocks per level)
-# and isotropic latent-style models (depth, width, heads, patch); latent-XL is the released size.
+# DiffiT (Hatamizadeh et al. 2312.02139): image-space U (C, width multipliers, ResBlocks per level,
+# `partition`: the side of every layer's non-overlapping attention windows) and isotropic
+# latent-style models (depth, width, heads, patch); latent-XL is the released size.
+# The paper's image-space layout: every stage attends within non-overlapping windows, 4x4 tokens
+# on CIFAR-10 (8x8 on FFHQ-64), and its CIFAR-10 U has 3 levels (32, 16, 8) with 2 DiffiT
+# ResBlocks per stage. Left open by the paper, ours: C 128, mults 1-2-2, 4 heads, and the FFHQ-64
+# U's depth (for 8x8 windows: `--arch diffit-s --window all:p8`). diffit-xs is ours, CPU-sized,
+# with the paper's layout but one ResBlock per stage.
 FAMILIES["diffit"] = "probe.models.diffit"
-register("diffit-xs", "diffit", "DiffiT image-space U: C 32, mults 1-2-2, blocks 1-1-1, heads 2",
-         kind="image", width=32, mults=(1, 2, 2), blocks=(1, 1, 1), heads=2, norm_groups=8)
-register("diffit-s", "diffit",
-         "DiffiT image-space U: C 128, mults 1-2-2-2, blocks 2-2-2-2, heads 4",
-         kind="image", width=128, mults=(1, 2, 2, 2), blocks=(2, 2, 2, 2), heads=4)
+register("diffit-xs", "diffit", "DiffiT image-space U, ours (CPU): C 32, mults 1-2-2, "
+         "blocks 1-1-1, heads 2, 4x4 partitions",
+         kind="image", width=32, mults=(1, 2, 2), blocks=(1, 1, 1), heads=2, norm_groups=8,
+         partition=4)
+register("diffit-s", "diffit", "DiffiT image-space U, CIFAR-10 layout (Hatamizadeh et al.): "
+         "3 levels, 2 blocks per stage, 4x4 partitions; C 128, mults 1-2-2, heads 4 (ours)",
+         kind="image", width=128, mults=(1, 2, 2), blocks=(2, 2, 2), heads=4, partition=4)
 DIFFIT_LATENT_SIZES = {"xs": (4, 128, 4), "s": (12, 384, 6), "xl": (28, 1152, 16)}
 for _size, (_depth, _width, _heads) in DIFFIT_LATENT_SIZES.items():
     register(f"diffit-latent-{_size}", "diffit",
