@@ -15,7 +15,7 @@ hits both alike; `saliency/jacobian` is the speed ratio at P = 9 (the `--pixels 
 
 Model: DiT-S/2 (depth 12, width 384, 6 heads) at 16x16 pixels (64 tokens, d = 256) by default,
 because a 32x32 full Jacobian (1024 vjps of DiT-S/2) takes minutes per repeat on a shared CPU;
-`--quick` uses DiT-XS/2 (depth 4, width 128, 4 heads) at 16x16.
+`--quick` uses DiT-tiny/2 (depth 4, width 128, 4 heads) at 16x16.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> list[Row]:
     small = quick()
     depth, width, heads = (4, 128, 4) if small else (12, 384, 6)
     image, patch, repeats = 16, 2, (3 if small else 5)
-    name = f"DiT-{'XS' if small else 'S'}/2 at {image}x{image}"
+    name = f"DiT-{'tiny' if small else 'S'}/2 at {image}x{image}"
     denoiser = _model(depth, width, heads, image, patch)
     y = torch.randn(1, image, image, generator=torch.Generator().manual_seed(0))
     d = y.numel()

@@ -7,8 +7,8 @@ chosen batch over a graph built once, not timed); then Lanczos top-k against ful
     python -m benchmarks jacobian            # writes artifacts/benchmarks/jacobian.json
     python -m benchmarks jacobian --quick    # d = 1024 only, smaller slices
 
-Model: a 4-layer DiT (dit-xs: depth 4, width 128, 4 heads) with 256 tokens at both sizes, so d is
-what changes: dit-xs/2 on 32x32x1 (d = 1024) and dit-xs/4 on 64x64x1 (d = 4096); its zero-
+Model: a 4-layer DiT (dit-tiny: depth 4, width 128, 4 heads) with 256 tokens at both sizes, so d is
+what changes: dit-tiny/2 on 32x32x1 (d = 1024) and dit-tiny/4 on 64x64x1 (d = 4096); its zero-
 initialised adaLN and output layers are filled with N(0, 0.02). Untrained, that DiT's denoiser is
 close to the identity (every eigenvalue of J near 1: the worst case for Krylov methods, and not
 what a trained denoiser looks like), so its output goes through a fixed shrinkage in the 2-D
@@ -52,7 +52,7 @@ from probe.models.denoiser import Denoiser
 from probe.probes import jacobian as jac
 
 SIGMA, K = 0.15, 64
-MODELS = {1024: ("dit-xs/2", 32), 4096: ("dit-xs/4", 64)}
+MODELS = {1024: ("dit-tiny/2", 32), 4096: ("dit-tiny/4", 64)}
 
 
 class PeakRSS:

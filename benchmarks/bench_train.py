@@ -5,7 +5,7 @@
 2. model FLOP utilisation: FLOPs of a training step (forward + backward, counted by torch's
    FlopCounterMode) per second, over the fp32 matmul peak measured here with a large torch.mm
    (target >= 50 %);
-3. local windows vs global attention at 1024 tokens (DiT-XS/1 on 32x32, every layer windowed),
+3. local windows vs global attention at 1024 tokens (DiT-tiny/1 on 32x32, every layer windowed),
    with masked SDPA as the peer of our block-sparse path (target: windowed time <= global).
 
 Runs alternate round by round (A, B, A, B, ...) and ratios are medians of the per-round ratios,
@@ -207,7 +207,7 @@ def windows_vs_global(size: int, window: int, batch: int, rounds: int) -> list[R
     steps = {name: training_step(m, lambda m=m: m(x, t), target) for name, m in
              [("global", dense), ("window: block-sparse", tiled), ("window: masked SDPA", masked)]}
     times = interleaved(steps, rounds)
-    note = f"DiT-XS/1, {size}x{size} = {size * size} tokens, batch {batch}"
+    note = f"DiT-tiny/1, {size}x{size} = {size * size} tokens, batch {batch}"
     rows = [Row(f"{name} step", batch / statistics.median(s), "images/s", timing(s), note)
             for name, s in times.items()]
     rows += [

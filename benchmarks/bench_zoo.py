@@ -19,8 +19,8 @@ from probe.diffusion.losses import training_loss
 from probe.models import zoo
 from probe.models.denoiser import Denoiser
 
-PRESETS = ("dit-xs/2", "udit-xs", "diffit-xs", "diffit-latent-xs", "unet-xs", "dit-xs/1")
-REFERENCE = "dit-xs/2"  # the DiT whose MACs the tiny presets are closest to
+PRESETS = ("dit-tiny/2", "udit-xs", "diffit-xs", "diffit-latent-xs", "unet-xs", "dit-tiny/1")
+REFERENCE = "dit-tiny/2"  # the DiT whose MACs the tiny presets are closest to
 
 
 def _step_fn(arch: str, batch: int, size: int):

@@ -116,12 +116,12 @@ OBJECTIVES = ("ddpm", "edm", "blind")
 class ModelConfig:
     """A backbone: a zoo preset plus what the data decides (size, channels, classes)."""
 
-    arch: str = "dit-xs/2"  # a preset name from `probe models list`
+    arch: str = "dit-tiny/2"  # a preset name from `probe models list`
     image_size: int = 32
     channels: int = 1
     num_classes: int = 0  # 0: unconditional
     learn_sigma: bool = False  # ddpm: also predict the variance (2C outputs, iDDPM hybrid loss)
-    windows: tuple[str, ...] = ()  # local attention windows, "LAYERS:SIZE", e.g. "0-3:5"
+    windows: tuple[str, ...] = ()  # attention windows: "0-3:5", "all:p4", "an-default", ...
 
 
 @dataclass(frozen=True)

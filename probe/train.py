@@ -45,7 +45,9 @@ def run_id(cfg: RunConfig) -> str:
     m, t, d = cfg.model, cfg.train, cfg.data
     name = f"{d.dataset}{d.size}-{m.arch.replace('/', 'p')}-n{t.n}{t.split}-{t.objective}"
     if m.windows:
-        name += "-w" + "_".join(w.replace(":", "x").replace("-", "to") for w in m.windows)
+        # "0-3:5" -> "0to3x5"; a preset name ("an-default") stays as it is
+        name += "-w" + "_".join(w.replace(":", "x").replace("-", "to") if ":" in w else w.strip()
+                                for w in m.windows)
     return f"{name}-s{t.seed}-{artifacts.sha256_json(to_dict(cfg))[:8]}"
 
 

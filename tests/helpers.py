@@ -44,8 +44,9 @@ class FakeRun:
     """A `probe.runs.Run` around any denoiser and random images: what a probe may read, and no
     more (a run trained here, a diffusers folder and an analytic denoiser offer the same)."""
 
-    def __init__(self, denoiser, run_id: str = "fake", arch: str = "dit-xs/2", n: int | None = 10,
-                 split: str = "a", pixels: torch.Tensor | None = None, train: int = 2):
+    def __init__(self, denoiser, run_id: str = "fake", arch: str = "dit-tiny/2",
+                 n: int | None = 10, split: str = "a", pixels: torch.Tensor | None = None,
+                 train: int = 2):
         import numpy as np
 
         self.denoiser, self.run_id, self.arch, self.n, self.split = denoiser, run_id, arch, n, split

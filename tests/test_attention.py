@@ -1,4 +1,5 @@
-"""Local attention windows and the two backends: masks, locality, and backend equivalence."""
+"""Local attention windows (sliding and partitioned) and the two backends: masks, locality, and
+backend equivalence."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import torch
 from probe.errors import ProbeError
 from probe.models.attention import (
     Attention,
+    Partition,
+    Partitions,
     WindowTiles,
     explicit_attention,
+    partition_mask,
     set_backend,
     window_mask,
 )
@@ -99,7 +103,8 @@ def test_window_tiles_equal_masked_explicit_attention(h, w, window):
 
 
 @pytest.mark.parametrize("grid, window", [((6, 6), 0), ((6, 6), 3), ((5, 7), 5), ((9, 9), 0),
-                                          ((9, 9), 17), ((4, 4), 1)])
+                                          ((9, 9), 17), ((4, 4), 1), ((8, 8), Partition(4)),
+                                          ((6, 7), Partition(4)), ((5, 5), Partition(1))])
 def test_sdpa_equals_explicit_forward_and_gradients(grid, window):
     torch.manual_seed(0)
     fast = Attention(16, 4, grid, window=window, backend="sdpa").double()
@@ -151,8 +156,67 @@ def test_window_goes_into_each_layer():
     assert model.blocks[2].attn.mask is None
 
 
+def test_partition_mask_is_the_square_of_the_query():
+    for h, w, size in [(4, 4, 2), (8, 8, 4), (5, 7, 3), (6, 6, 6)]:
+        mask = partition_mask(h, w, size)
+        for q in range(h * w):
+            qy, qx = divmod(q, w)
+            expected = torch.tensor([y // size == qy // size and x // size == qx // size
+                                     for y in range(h) for x in range(w)])
+            assert torch.equal(mask[q], expected)
+
+
+# Whole and cut-short partitions (the grid's last row/column of squares is smaller).
+PARTITION_CASES = [(4, 4, 2), (8, 8, 4), (8, 12, 4), (6, 7, 4), (5, 5, 3), (3, 9, 4), (7, 7, 1)]
+
+
+@pytest.mark.parametrize("h, w, size", PARTITION_CASES)
+def test_partitions_equal_masked_explicit_attention(h, w, size):
+    q, k, v = _qkv(2, 3, h * w, 4)
+    fast = Partitions(h, w, size)(q, k, v)
+    grads_fast = torch.autograd.grad(fast.square().sum(), (q, k, v))
+    ref = explicit_attention(q, k, v, mask=partition_mask(h, w, size))
+    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    assert torch.allclose(fast, ref, atol=1e-12, rtol=0)
+    for a, b in zip(grads_fast, grads_ref):
+        assert torch.allclose(a, b, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "explicit"])
+def test_partitioned_layer_is_global_attention_inside_each_partition(backend):
+    torch.manual_seed(0)
+    part = Attention(16, 2, (8, 12), window=Partition(4), backend=backend).double()
+    whole = Attention(16, 2, (4, 4), backend=backend).double()
+    whole.load_state_dict(part.state_dict())  # the same weights
+    x = torch.randn(3, 96, 16, dtype=torch.float64)
+    out = part(x)
+    for top in range(0, 8, 4):
+        for left in range(0, 12, 4):
+            tokens = torch.tensor([y * 12 + x for y in range(top, top + 4)
+                                   for x in range(left, left + 4)])
+            assert torch.allclose(out[:, tokens], whole(x[:, tokens]), atol=1e-12, rtol=0)
+
+
+def test_partitioned_patterns_have_zero_mass_outside_the_partition():
+    torch.manual_seed(0)
+    model = randomize(DiT(image_size=8, patch=1, width=16, depth=2, heads=2,
+                          windows=(Partition(4), Partition(3)))).eval()
+    with capture(model, "blocks.*.attn.pattern") as cache:
+        model(torch.randn(2, 1, 8, 8), torch.tensor([5.0, 500.0]))
+    for layer, size in enumerate((4, 3)):  # 3 does not divide 8: squares cut short at the edge
+        pattern = cache[f"blocks.{layer}.attn.pattern"]  # [2, 2, 64, 64] over the full grid
+        inside = partition_mask(8, 8, size)
+        assert torch.count_nonzero(pattern[..., ~inside]) == 0  # exactly zero, not just small
+        assert torch.all(pattern[..., inside] > 0)
+        assert torch.allclose(pattern.sum(-1), torch.ones(2, 2, 64))
+        attn = model.blocks[layer].attn
+        assert (attn.window, attn.partition) == (0, size)
+
+
 @pytest.mark.parametrize("specs, expected", [
     ([], (0, 0, 0, 0)),
+    (["all:p2"], (Partition(2),) * 4),
+    (["0-1:p5", "1:3", "3:global"], (Partition(5), 3, 0, 0)),
     (["0-3:5"], (5, 5, 5, 5)),
     (["1:3"], (0, 3, 0, 0)),
     (["all:7"], (7, 7, 7, 7)),
@@ -173,7 +237,17 @@ def test_parse_windows(specs, expected):
     ("0:4", "size must be odd"),
     ("0:0", "size must be odd"),
     ("0:11", "larger than the 5x5 token grid"),  # 2 * 5 - 1 = 9 already sees the whole grid
+    ("0:p6", "partitions must be 1 to 5 tokens wide"),
+    ("0:p0", "partitions must be 1 to 5 tokens wide"),
+    ("0:q4", "LAYERS:pSIZE"),
 ])
 def test_parse_windows_errors(spec, message):
     with pytest.raises(ProbeError, match=message):
         parse_windows([spec], 4, (5, 5))
+
+
+def test_a_preset_layout_is_the_default_specs_override():
+    assert parse_windows([], 3, (8, 8), default=Partition(4)) == (Partition(4),) * 3
+    assert parse_windows(["1:5", "2:global"], 3, (8, 8), default=Partition(4)) == (
+        Partition(4), 5, 0)
+

@@ -87,8 +87,8 @@ def assert_one_line_error(result, *fragments):
 # ------------------------------------------------------------------ capture and the file
 
 
-@pytest.mark.parametrize("arch,windows", [("dit-xs/1", ()), ("dit-xs/2", ()),
-                                          ("dit-xs/4", ()), ("dit-xs/1", ("0-1:3",))])
+@pytest.mark.parametrize("arch,windows", [("dit-tiny/1", ()), ("dit-tiny/2", ()),
+                                          ("dit-tiny/4", ()), ("dit-tiny/1", ("0-1:3",))])
 def test_file_round_trips_what_the_model_computes(tmp_path, arch, windows):
     run = zoo_run(arch, windows=windows)
     store = Artifacts.at(tmp_path)
@@ -132,7 +132,7 @@ def test_file_round_trips_what_the_model_computes(tmp_path, arch, windows):
 
 
 def test_capturing_does_not_change_the_output(tmp_path):
-    run = zoo_run("dit-xs/2", windows=("1:3",))
+    run = zoo_run("dit-tiny/2", windows=("1:3",))
     x = run.pixels[:3] + 0.5 * torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         plain = run.denoiser(x, 0.5)
@@ -149,7 +149,7 @@ def test_capturing_does_not_change_the_output(tmp_path):
 
 
 def test_store_modes_keep_the_mean_or_nothing_and_the_same_metrics(tmp_path):
-    run = zoo_run("dit-xs/2")
+    run = zoo_run("dit-tiny/2")
     full = datasets(probe_run(run, Artifacts.at(tmp_path / "all"), cfg()))
     mean = datasets(probe_run(run, Artifacts.at(tmp_path / "mean"),
                                     cfg(maps="mean-heads")))
@@ -225,12 +225,12 @@ def test_several_runs_figures_by_n_and_the_gap_correlation(tmp_path, monkeypatch
     from probe.report import attention_figures as figures
     from probe.report.summary import build_report
 
-    runs = [zoo_run("dit-xs/2", seed=s, run_id=f"r{n}", n=n)
+    runs = [zoo_run("dit-tiny/2", seed=s, run_id=f"r{n}", n=n)
             for s, n in ((0, 1000), (1, 10), (2, 100))]
     store = Artifacts.at(tmp_path)
     gaps = {"r10": 3.0, "r100": 1.0, "r1000": 2.0}  # another engineer's table, in miniature
     (tmp_path / "tables").mkdir()
-    pd.DataFrame([{"run": r, "n": int(r[1:]), "split": "a", "arch": "dit-xs/2", "sigma": s,
+    pd.DataFrame([{"run": r, "n": int(r[1:]), "split": "a", "arch": "dit-tiny/2", "sigma": s,
                    "metric": "psnr_gap", "value": g + s} for r, g in gaps.items()
                   for s in SIGMAS]).to_parquet(tmp_path / "tables" / "generalization.parquet")
     drawn = []
@@ -262,7 +262,7 @@ def test_several_runs_figures_by_n_and_the_gap_correlation(tmp_path, monkeypatch
 
 def test_a_killed_probe_leaves_no_file_and_the_rerun_equals_an_uninterrupted_one(
         tmp_path, monkeypatch):
-    run = zoo_run("dit-xs/2")
+    run = zoo_run("dit-tiny/2")
     settings = cfg(batch_mb=0.02)  # one image per forward pass: 6 passes
     assert probe.plan_run(run, settings).batch == 1
     reference = probe_run(run, Artifacts.at(tmp_path / "ref"), settings)
@@ -294,7 +294,7 @@ def test_a_killed_probe_leaves_no_file_and_the_rerun_equals_an_uninterrupted_one
 
 
 def test_max_gb_is_refused_before_anything_is_written(tmp_path):
-    run = zoo_run("dit-xs/1")
+    run = zoo_run("dit-tiny/1")
     layers = probe.discover(run.denoiser, (1, 8, 8))
     size = probe.map_bytes(layers, 3, 2, "all")
     assert size == 3 * 2 * 4 * 4 * 64 * 64 * 2
@@ -326,7 +326,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("art")
     cfg_ = RunConfig(data=DataConfig(dataset="digits", size=8),
                      subsets=SubsetConfig(ns=(10,), test_size=32),
-                     model=ModelConfig(arch="dit-xs/2"),
+                     model=ModelConfig(arch="dit-tiny/2"),
                      train=TrainConfig(n=10, steps=2, batch=4, sample_grid=0,
                                        checkpoint_every=100, log_every=1))
     return root, train_run(cfg_, Artifacts.at(root), progress=False)
@@ -352,8 +352,8 @@ def test_cli_end_to_end(trained, tmp_path):
     assert pd.read_parquet(art / "tables" / "locality.parquet").equals(table)
     assert not (art / "tables" / "locality_gap.parquet").exists()  # no PSNR-gap table: skipped
     figures = art / "figures" / "attention"
-    for stem in ("maps_dit-xs-2_q0-0_sigma1", "maps_dit-xs-2_qcenter_sigma1",
-                 "locality_vs_layer_dit-xs-2", "locality_vs_n_dit-xs-2"):
+    for stem in ("maps_dit-tiny-2_q0-0_sigma1", "maps_dit-tiny-2_qcenter_sigma1",
+                 "locality_vs_layer_dit-tiny-2", "locality_vs_n_dit-tiny-2"):
         assert (figures / f"{stem}.png").is_file() and (figures / f"{stem}.pdf").is_file()
     with h5py.File(probes / "attention.h5", "r") as f:
         assert json.loads(f.attrs["hooks"])[0] == "blocks.0.attn.pattern"

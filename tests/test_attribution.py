@@ -278,7 +278,7 @@ def memorized_run(tmp_path_factory):
     cfg = RunConfig(
         data=DataConfig(dataset="mnist", size=8),
         subsets=SubsetConfig(ns=(2,), test_size=16),
-        model=ModelConfig(arch="dit-xs/4"),
+        model=ModelConfig(arch="dit-tiny/4"),
         train=TrainConfig(n=2, objective="edm", steps=250, batch=8, lr=1e-3,
                           checkpoint_every=50, keep_checkpoints=True, log_every=50,
                           sample_grid=0, compile="off"))

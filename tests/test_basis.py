@@ -123,7 +123,7 @@ def test_eigenvector_grid_views_of_a_colour_model():
 def test_runs_pair_automatically_by_data_n_split_and_arch():
     from types import SimpleNamespace as NS
 
-    def run(name, arch="dit-xs/2", n=10, split="a", data="h1", windows=()):
+    def run(name, arch="dit-tiny/2", n=10, split="a", data="h1", windows=()):
         return NS(run_id=name, arch=arch, n=n, split=split, data_sha256=data,
                   objective="ddpm", windows=windows)
 

@@ -10,7 +10,7 @@ from probe.config import ModelConfig
 from probe.diffusion.losses import training_loss
 from probe.errors import ProbeError
 from probe.models import zoo
-from probe.models.attention import set_backend
+from probe.models.attention import Partition, partition_mask, set_backend
 from probe.models.denoiser import Denoiser
 from probe.models.diffit import TMSA, DiffiT, LatentDiffiT
 from probe.models.hooks import capture
@@ -118,8 +118,9 @@ def test_explicit_backend_equals_sdpa(arch, windows, inputs):
 
 def test_windows_follow_the_execution_order_and_mask_the_pattern(inputs):
     net = perturb(build("diffit-xs", windows=("0:3", "2-4:9"))).eval()
-    # Layer grids 16, 8, 4, 8, 16: a 9x9 window covers the whole 4x4 grid (global there).
-    assert net.windows == (3, 0, 0, 9, 9)
+    # Layer grids 16, 8, 4, 8, 16: a 9x9 window covers the whole 4x4 grid (global there); layer
+    # 1 keeps the preset's 4x4 partitions.
+    assert net.windows == (3, Partition(4), 0, 9, 9)
     x, t = inputs
     with capture(net, "blocks.0.attn.pattern") as cache:
         net(x, t)
@@ -213,7 +214,7 @@ def test_relative_position_bias_is_translation_equivariant():
 
 def test_bad_sizes_are_rejected():
     with pytest.raises(ProbeError, match="divisible"):
-        build("diffit-s", image_size=12)  # four levels need a multiple of 8
+        build("diffit-s", image_size=10)  # three levels need a multiple of 4
     with pytest.raises(ProbeError, match="patch"):
         build("diffit-latent-xs", image_size=15)
     with pytest.raises(ValueError, match="norm groups"):
@@ -242,3 +243,79 @@ def test_zoo_presets_and_macs():
         cfg = ModelConfig(arch=arch, image_size=SIZE)
         net = zoo.build(cfg)
         assert zoo.count_parameters(net) > 0 and zoo.macs_per_image(net, cfg) > 0
+
+
+# ------------------------------------------------------------------ partitioned TMSA, presets
+
+
+def partitions_of(height: int, width: int, size: int) -> list[torch.Tensor]:
+    """Token indices (row-major on the grid) of each size x size partition, row-major inside."""
+    return [torch.tensor([y * width + x for y in range(top, top + size)
+                          for x in range(left, left + size)])
+            for top in range(0, height, size) for left in range(0, width, size)]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "explicit"])
+def test_partitioned_tmsa_is_global_tmsa_inside_each_partition(backend):
+    """Every 4x4 partition of an 8x12 grid is a global TMSA over its own 4x4 grid, with the same
+    weights: the bias table is sized to the window, (2*4-1)^2 rows, as the 4x4 layer's is."""
+    torch.manual_seed(0)
+    part = perturb(TMSA(dim=16, temb_dim=8, heads=2, grid=(8, 12), window=Partition(4)),
+                   scale=0.3).double()
+    whole = TMSA(dim=16, temb_dim=8, heads=2, grid=(4, 4)).double()
+    assert part.relative_position_bias_table.shape == whole.relative_position_bias_table.shape
+    whole.load_state_dict(part.state_dict())
+    part.backend = whole.backend = backend
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 96, 16, generator=gen, dtype=torch.float64)
+    temb = torch.randn(2, 8, generator=gen, dtype=torch.float64)
+    out = part(x, temb)
+    for tokens in partitions_of(8, 12, 4):
+        assert torch.allclose(out[:, tokens], whole(x[:, tokens], temb), atol=1e-12, rtol=0)
+
+
+def test_partitioned_tmsa_pattern_has_no_mass_outside_the_partition():
+    torch.manual_seed(0)
+    attn = perturb(TMSA(dim=16, temb_dim=8, heads=2, grid=(8, 8), window=Partition(4)),
+                   scale=0.3)
+    x, temb = torch.randn(3, 64, 16), torch.randn(3, 8)
+    with capture(attn, "pattern") as cache:
+        out = attn(x, temb)
+    probs = cache["pattern"]  # [batch, head, query, key] over the full 8x8 grid
+    assert probs.shape == (3, 2, 64, 64)
+    inside = partition_mask(8, 8, 4)
+    assert torch.count_nonzero(probs[..., ~inside]) == 0  # exactly zero
+    assert torch.all(probs[..., inside] > 0)
+    assert torch.allclose(probs.sum(-1), torch.ones(3, 2, 64))
+    attn.backend = "sdpa"  # the fast path computes the same function
+    assert torch.allclose(attn(x, temb), out, atol=1e-5)
+
+
+def test_diffit_presets_follow_the_papers_layout():
+    """CIFAR-10 DiffiT (Hatamizadeh et al.): 3 levels, 2 DiffiT ResBlocks per stage, every stage
+    in 4x4 non-overlapping windows."""
+    with torch.device("meta"):
+        net = zoo.build(ModelConfig(arch="diffit-s", image_size=32, channels=3))
+    assert [g for g, _ in net.layer_grids] == [32, 32, 16, 16, 8, 8, 16, 16, 32, 32]
+    assert net.windows == (Partition(4),) * 10
+    assert all(b.attn.partition == 4 and b.attn.window == 0 for b in net.blocks)
+    assert all(b.attn.relative_position_bias_table.shape == (49, 4) for b in net.blocks)
+    # 8x8 windows (FFHQ-64) and plain attention are one spec away.
+    with torch.device("meta"):
+        ffhq = zoo.build(ModelConfig(arch="diffit-s", image_size=64, windows=("all:p8",)))
+        plain = zoo.build(ModelConfig(arch="diffit-s", image_size=32, windows=("all:global",)))
+    assert ffhq.windows == (Partition(8),) * 10 and plain.windows == (0,) * 10
+    # A partition as large as a layer's grid is global attention there (diffit-xs at 8x8).
+    assert build("diffit-xs", image_size=8).windows == (Partition(4), 0, 0, 0, Partition(4))
+
+
+def test_partitions_cut_short_at_the_edge_of_the_grid():
+    """28x28 (MNIST): the 14x14 and 7x7 levels do not split into whole 4x4 squares; the fast and
+    explicit paths agree there too."""
+    net = perturb(build("diffit-xs", image_size=28)).eval()
+    assert net.windows == (Partition(4),) * 5
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10.0, 700.0])
+    fast = net(x, t)
+    set_backend(net, "explicit")
+    assert torch.allclose(net(x, t), fast, atol=1e-5)
+

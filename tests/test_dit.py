@@ -29,6 +29,59 @@ def test_parameter_counts_match_the_paper(arch, millions):
     assert round(zoo.count_parameters(model) / 1e6, 1) == millions
 
 
+def dit_parameters(depth: int, width: int, patch: int, image: int, channels: int,
+                   num_classes: int = 0, learn_sigma: bool = False) -> int:
+    """A DiT's parameter count written out: embedders + blocks + final layer (Peebles & Xie's
+    layout; the frozen sin-cos position table counts, as in the reference)."""
+    d, tokens, out = width, (image // patch) ** 2, channels * (2 if learn_sigma else 1)
+    patch_embed = channels * patch**2 * d + d  # conv kernel = stride = patch, with bias
+    positions = tokens * d
+    timestep = 256 * d + d + d * d + d  # 256 frequencies -> MLP(d, d)
+    labels = (num_classes + 1) * d if num_classes else 0  # + the null class (label dropout)
+    block = ((3 * d * d + 3 * d) + (d * d + d)  # qkv, output projection
+             + (4 * d * d + 4 * d) + (4 * d * d + d)  # MLP, ratio 4
+             + (6 * d * d + 6 * d))  # adaLN-Zero: shift/scale/gate for attention and MLP
+    final = (2 * d * d + 2 * d) + (d * patch**2 * out + patch**2 * out)
+    return patch_embed + positions + timestep + labels + depth * block + final
+
+
+@pytest.mark.parametrize("arch, depth, width, heads, patch, image, channels", [
+    ("dit-xs/1", 12, 252, 4, 1, 32, 3),  # An et al.'s pixel-space DiT-XS/1 (CelebA, 32x32 RGB)
+    ("dit-s/1", 12, 384, 6, 1, 32, 3),  # ... and DiT-S/1
+    ("dit-xs/2", 12, 252, 4, 2, 32, 1),
+    ("dit-tiny/2", 4, 128, 4, 2, 16, 1),  # ours, CPU-sized
+])
+def test_parameter_counts_match_the_analytic_formula(arch, depth, width, heads, patch, image,
+                                                     channels):
+    cfg = ModelConfig(arch=arch, image_size=image, channels=channels)
+    with torch.device("meta"):
+        model = zoo.build(cfg)
+    assert (len(model.blocks), model.blocks[0].attn.heads, model.patch) == (depth, heads, patch)
+    assert zoo.count_parameters(model) == dit_parameters(depth, width, patch, image, channels)
+    cfg = ModelConfig(arch=arch, image_size=image, channels=channels, num_classes=10,
+                      learn_sigma=True)
+    with torch.device("meta"):
+        model = zoo.build(cfg)
+    assert zoo.count_parameters(model) == dit_parameters(depth, width, patch, image, channels,
+                                                         num_classes=10, learn_sigma=True)
+
+
+def test_published_counts_follow_from_the_formula():
+    # DiT-XL/2 of Table 4: 32x32x4 latent, 1000 classes, learned sigma -> 675.1M.
+    assert round(dit_parameters(28, 1152, 2, 32, 4, 1000, True) / 1e6, 1) == 675.1
+
+
+def test_an_et_al_sizes():
+    """The paper's XS is 252 wide with 4 heads (head dim 63), its S 384 with 6; our tiny model
+    does not take the paper's name."""
+    for arch, width, heads in (("dit-xs/1", 252, 4), ("dit-s/1", 384, 6)):
+        with torch.device("meta"):
+            attn = zoo.build(ModelConfig(arch=arch, image_size=32)).blocks[0].attn
+        assert (attn.qkv.in_features, attn.heads) == (width, heads)
+    assert "An et al." in zoo.preset("dit-xs/1").description
+    assert "ours" in zoo.preset("dit-tiny/1").description
+
+
 def test_preset_sizes_follow_the_paper():
     # depth, width, heads of S/B/L/XL and the patch of the name, read back from built models.
     sizes = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
@@ -115,7 +168,7 @@ def test_label_dropout_uses_the_null_class():
 
 
 def test_hook_point_names():
-    model = zoo.build(ModelConfig(arch="dit-xs/2", image_size=8))
+    model = zoo.build(ModelConfig(arch="dit-tiny/2", image_size=8))
     names = set(hook_points(model))
     depth = len(model.blocks)
     expected = {f"blocks.{i}.attn.{p}" for i in range(depth) for p in ("pattern", "heads_out")}
@@ -127,7 +180,7 @@ def test_hook_point_names():
 
 
 def test_models_hooks_cli_lists_the_names():
-    result = CliRunner().invoke(cli, ["models", "hooks", "dit-xs/4", "--image-size", "8"],
+    result = CliRunner().invoke(cli, ["models", "hooks", "dit-tiny/4", "--image-size", "8"],
                                 catch_exceptions=False)
     assert result.exit_code == 0
     lines = result.output.split()

@@ -112,7 +112,7 @@ def test_the_memorizer_has_a_large_psnr_gap_at_small_sigma():
 def _train(store, dataset, split, size=8, **data):
     cfg = RunConfig(data=DataConfig(dataset=dataset, size=size, **data),
                     subsets=SubsetConfig(ns=(10,), test_size=24),
-                    model=ModelConfig(arch="dit-xs/4"),
+                    model=ModelConfig(arch="dit-tiny/4"),
                     train=TrainConfig(n=10, split=split, steps=2, batch=4, sample_grid=0,
                                       checkpoint_every=100))
     return train_run(cfg, store, progress=False, log=lambda msg: None)

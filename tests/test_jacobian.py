@@ -114,7 +114,7 @@ def test_disk_tangent_projection_has_five_unit_eigenvalues(method):
 def small_dit():
     """A 4-layer DiT on 8x8 images (d = 64), float64, explicit attention, every weight random
     (adaLN-Zero's zeros too) so the Jacobian is far from the identity."""
-    backbone = randomize(zoo.build(ModelConfig(arch="dit-xs/2", image_size=8, channels=1)))
+    backbone = randomize(zoo.build(ModelConfig(arch="dit-tiny/2", image_size=8, channels=1)))
     denoiser = Denoiser(backbone, "ddpm", 1, 8).double().eval().requires_grad_(False)
     set_backend(denoiser, "explicit")
     return jac.flat_denoiser(denoiser, 0.5, (1, 8, 8)), point(64, 5)
@@ -179,7 +179,7 @@ def runs(tmp_path_factory):
     for split in ("a", "b"):
         cfg = RunConfig(data=DataConfig(dataset="mnist", size=8),
                         subsets=SubsetConfig(ns=(10,), test_size=16),
-                        model=ModelConfig(arch="dit-xs/4"),
+                        model=ModelConfig(arch="dit-tiny/4"),
                         train=TrainConfig(n=10, split=split, steps=3, batch=5, lr=1e-2,
                                           sample_grid=0, checkpoint_every=3, log_every=3))
         dirs.append(train_run(cfg, store, progress=False, log=lambda m: None))

@@ -140,7 +140,7 @@ def _layers(values_by_layer):
 def test_tidy_table_averages_images_and_keeps_every_head():
     rng = np.random.default_rng(0)
     values = [rng.random((3, 2, 4, len(metric_names((1,))))) for _ in range(2)]  # img,sig,head,m
-    df = tidy_table({"run": "r", "arch": "dit-xs/2", "n": 10, "split": "a"}, [0.5, 1.0],
+    df = tidy_table({"run": "r", "arch": "dit-tiny/2", "n": 10, "split": "a"}, [0.5, 1.0],
                     _layers(values))
     assert tuple(df.columns) == COLUMNS
     assert len(df) == 2 * 2 * 4 * len(metric_names((1,)))

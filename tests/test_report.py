@@ -9,7 +9,7 @@ from probe.report.summary import build_report, summarize
 
 def test_summary_averages_per_model_and_metric(tmp_path):
     df = pd.DataFrame({
-        "run": ["r1", "r1", "r2", "r2"], "arch": ["dit-xs/2"] * 4, "n": [10, 10, 1000, 1000],
+        "run": ["r1", "r1", "r2", "r2"], "arch": ["dit-tiny/2"] * 4, "n": [10, 10, 1000, 1000],
         "split": ["a"] * 4, "sigma": [0.1, 1.0, 0.1, 1.0], "metric": ["psnr_gap"] * 4,
         "value": [2.0, 4.0, 0.5, 1.5]})
     wide = summarize(df, ("psnr_gap",))
@@ -19,7 +19,7 @@ def test_summary_averages_per_model_and_metric(tmp_path):
     write_table(df, store.tables_dir / "generalization")
     path, text = build_report(store)
     assert path.read_text().strip() == text.strip()
-    assert "## generalization" in text and "| dit-xs/2 | 10 | a | 3 |" in text
+    assert "## generalization" in text and "| dit-tiny/2 | 10 | a | 3 |" in text
 
 
 def test_report_without_tables_says_so(tmp_path):

@@ -39,7 +39,7 @@ from probe.train import train_run
 MEMORIZE = RunConfig(
     data=DataConfig(dataset="digits", size=8),
     subsets=SubsetConfig(ns=(1,), test_size=64),
-    model=ModelConfig(arch="dit-xs/4"),
+    model=ModelConfig(arch="dit-tiny/4"),
     train=TrainConfig(n=1, steps=300, batch=32, lr=2e-3, objective="ddpm", sample_grid=0,
                       checkpoint_every=150, log_every=50),
 )
@@ -71,11 +71,11 @@ def test_weights_carry_the_config_and_load_back(memorized):
     store, run_dir = memorized
     info = read_json(run_dir / "config.json")
     meta = checkpoints.read_metadata(run_dir / "ema.safetensors")
-    assert meta["arch"] == "dit-xs/4" and meta["step"] == 300 and meta["run_id"] == run_dir.name
+    assert meta["arch"] == "dit-tiny/4" and meta["step"] == 300 and meta["run_id"] == run_dir.name
     assert meta["config"] == {k: info[k] for k in ("data", "subsets", "model", "train")}
     assert meta["config"]["model"]["image_size"] == 8  # resolved from the data
     assert info["parameters"] == zoo.count_parameters(zoo.build(ModelConfig(
-        arch="dit-xs/4", image_size=8)))
+        arch="dit-tiny/4", image_size=8)))
 
     run = load_run(run_dir, store)
     saved = load_file(str(run_dir / "ema.safetensors"))
@@ -84,7 +84,7 @@ def test_weights_carry_the_config_and_load_back(memorized):
     assert all(torch.equal(saved[k], state[k]) for k in saved)
     assert not run.denoiser.training
     assert not any(p.requires_grad for p in run.denoiser.parameters())
-    assert run.n == 1 and run.arch == "dit-xs/4" and len(run.train_indices) == 1
+    assert run.n == 1 and run.arch == "dit-tiny/4" and len(run.train_indices) == 1
     assert run.provenance()["checkpoint_sha256"] == sha256_file(run_dir / "ema.safetensors")
     # The training state is plain tensors and containers: it loads with weights_only=True.
     (last,) = checkpoints.checkpoints(run_dir)
@@ -103,27 +103,27 @@ def test_stats_log_every_step_window(memorized):
 
 
 def test_prefixes_are_stripped(tmp_path):
-    model = zoo.build(ModelConfig(arch="dit-xs/4", image_size=8))
+    model = zoo.build(ModelConfig(arch="dit-tiny/4", image_size=8))
     state = model.state_dict()
     # A torch.compile wrapper (lazy: nothing compiles until it is called) adds "_orig_mod.".
     compiled = torch.compile(model)
     assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
-    checkpoints.save_weights(tmp_path / "a.safetensors", compiled, {"arch": "dit-xs/4"})
+    checkpoints.save_weights(tmp_path / "a.safetensors", compiled, {"arch": "dit-tiny/4"})
     assert set(load_file(str(tmp_path / "a.safetensors"))) == set(state)
     # A file written by a DDP-wrapped, compiled model loads into a plain one.
     prefixed = {f"module._orig_mod.{k}": v.clone() + 1 for k, v in state.items()}
     save_file(prefixed, str(tmp_path / "b.safetensors"))
-    target = zoo.build(ModelConfig(arch="dit-xs/4", image_size=8))
+    target = zoo.build(ModelConfig(arch="dit-tiny/4", image_size=8))
     checkpoints.load_weights(tmp_path / "b.safetensors", target)
     assert all(torch.equal(target.state_dict()[k], state[k] + 1) for k in state)
     assert checkpoints.clean_state_dict({"_orig_mod.module.x": torch.zeros(1)}).keys() == {"x"}
 
 
 def test_loading_another_architecture_is_one_error(tmp_path):
-    small = zoo.build(ModelConfig(arch="dit-xs/4", image_size=8))
-    checkpoints.save_weights(tmp_path / "w.safetensors", small, {"arch": "dit-xs/4"})
-    other = zoo.build(ModelConfig(arch="dit-xs/2", image_size=8))
-    with pytest.raises(ProbeError, match="holds dit-xs/4, which does not fit"):
+    small = zoo.build(ModelConfig(arch="dit-tiny/4", image_size=8))
+    checkpoints.save_weights(tmp_path / "w.safetensors", small, {"arch": "dit-tiny/4"})
+    other = zoo.build(ModelConfig(arch="dit-tiny/2", image_size=8))
+    with pytest.raises(ProbeError, match="holds dit-tiny/4, which does not fit"):
         checkpoints.load_weights(tmp_path / "w.safetensors", other)
 
 
@@ -156,12 +156,13 @@ TINY = ["--dataset", "digits", "--size", "8", "--steps", "2", "--batch", "4", "-
 
 @pytest.mark.parametrize("extra, fragment", [
     (["--arch", "dit-q/2"], "unknown arch 'dit-q/2'"),
-    (["--arch", "dit-xs/2", "--window", "0:9"], "larger than the 4x4 token grid"),
-    (["--arch", "dit-xs/2", "--window", "4:3"], "layers must lie in 0..3"),
-    (["--arch", "dit-xs/2", "--window", "0:4"], "size must be odd"),
-    (["--arch", "dit-xs/2", "--window", "0-x:3"], "expected LAYERS:SIZE"),
-    (["--arch", "dit-xs/2", "--n", "100000"], "N=100000 is larger than split a allows"),
-    (["--arch", "dit-xs/2", "--batch", "0"], "--batch"),
+    (["--arch", "dit-tiny/2", "--window", "0:9"], "larger than the 4x4 token grid"),
+    (["--arch", "dit-tiny/2", "--window", "4:3"], "layers must lie in 0..3"),
+    (["--arch", "dit-tiny/2", "--window", "0:4"], "size must be odd"),
+    (["--arch", "dit-tiny/2", "--window", "0-x:3"], "expected LAYERS:SIZE"),
+    (["--arch", "dit-tiny/2", "--window", "an-default"], "places 6 windows; this model has 4"),
+    (["--arch", "dit-tiny/2", "--n", "100000"], "N=100000 is larger than split a allows"),
+    (["--arch", "dit-tiny/2", "--batch", "0"], "--batch"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, fragment):
     args = ["--artifacts", str(tmp_path), "train-split", *TINY, *extra]
@@ -173,8 +174,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, fragment):
 def test_resume_with_another_architecture_is_one_line(memorized):
     store, run_dir = memorized
     result = _invoke(["--artifacts", str(store.root), "train-split", *TINY, "--n", "1",
-                      "--arch", "dit-xs/2", "--resume", str(run_dir)])
-    _assert_one_line_error(result, "is a checkpoint of dit-xs/4, not dit-xs/2")
+                      "--arch", "dit-tiny/2", "--resume", str(run_dir)])
+    _assert_one_line_error(result, "is a checkpoint of dit-tiny/4, not dit-tiny/2")
     result = _invoke(["--artifacts", str(store.root), "train-split", *TINY, "--n", "1",
                       "--resume", str(store.root / "nowhere")])
     _assert_one_line_error(result, "not a run directory")
@@ -183,7 +184,7 @@ def test_resume_with_another_architecture_is_one_line(memorized):
 # ------------------------------------------------------------------ resume after SIGKILL
 
 STEPS = 40
-COMMAND = ["train-split", "--n", "4", "--dataset", "digits", "--size", "8", "--arch", "dit-xs/2",
+COMMAND = ["train-split", "--n", "4", "--dataset", "digits", "--size", "8", "--arch", "dit-tiny/2",
            "--window", "0-1:3", "--steps", str(STEPS), "--batch", "4", "--lr", "1e-3",
            "--checkpoint-every", "2", "--log-every", "1", "--sample-grid", "4",
            "--test-size", "16"]

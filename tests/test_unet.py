@@ -209,6 +209,42 @@ def test_bf_unet_has_no_bias():
     assert model.decoder["0"][3].weight.shape == (1, 64, 3, 3)
 
 
+# Kadkhodaie et al. (2310.02557) Table 1: image side -> (parameters, receptive field) as printed.
+KADKHODAIE_TABLE_1 = {20: (360e3, 18), 40: (1.8e6, 44), 80: (7.6e6, 92), 160: (31e6, 188)}
+
+
+@pytest.mark.parametrize("side, exact", [(20, 366_080), (40, 1_825_024), (80, 7_659_264),
+                                         (160, 30_993_152)])
+def test_bf_unet_sizes_match_kadkhodaie_table_1(side, exact):
+    """Exact counts are those of their released code (conv weights + norm gains); the table
+    prints two significant figures loosely (366k as 360k, 7.66M as 7.6M), hence 2 %."""
+    printed, _ = KADKHODAIE_TABLE_1[side]
+    with torch.device("meta"):
+        model = zoo.build(ModelConfig(arch=f"bf-unet-{side}", image_size=side))
+    count = zoo.count_parameters(model)
+    assert count == exact
+    assert abs(count - printed) / printed < 0.02
+    assert zoo.count_parameters(zoo.build(ModelConfig(arch="bf-unet", image_size=80))) == (
+        7_659_264)  # the historical name is the 80x80 network
+
+
+@pytest.mark.parametrize("side", KADKHODAIE_TABLE_1)
+def test_bf_unet_receptive_fields_match_kadkhodaie_table_1(side):
+    """The receptive field is the support of d out[centre] / d x. All-positive weights and input
+    keep every ReLU open, so the support is the architecture's, not one input's; it does not
+    depend on the width, so a 2-channel copy of the preset's depth is measured on 256x256."""
+    _, rf = KADKHODAIE_TABLE_1[side]
+    blocks = zoo.preset(f"bf-unet-{side}").kwargs["blocks"]
+    model = BiasFreeUNet(width=2, blocks=blocks).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.1)
+    x = torch.ones(1, 1, 256, 256, dtype=torch.float64, requires_grad=True)
+    model(x)[0, 0, 128, 128].backward()
+    rows, cols = (x.grad[0, 0] != 0).nonzero().unbind(1)
+    assert rows.max() - rows.min() + 1 == rf and cols.max() - cols.min() + 1 == rf
+
+
 @pytest.mark.parametrize("arch, size, channels", [
     ("unet-xs", 16, 1), ("unet-s", 16, 3), ("unet-idm", 8, 3), ("bf-unet-xs", 16, 1),
     ("bf-unet", 8, 3)])

@@ -22,7 +22,9 @@ _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
               help="Subset split: a (nested), b (disjoint twin) or both.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=_T.objective)
 @click.option("--window", "windows", multiple=True,
-              help="Local attention window LAYERS:SIZE, e.g. 0-3:5 (repeatable).")
+              help="Attention window LAYERS:SIZE (sliding, e.g. 0-3:5), LAYERS:pSIZE "
+                   "(partitions), LAYERS:global, or a preset such as an-default "
+                   "(`probe models windows`); repeatable, later ones win.")
 @click.option("--learn-sigma", is_flag=True, help="ddpm: also learn the variance.")
 @click.option("--steps", type=click.IntRange(1), default=_T.steps)
 @click.option("--batch", type=click.IntRange(1), default=_T.batch)
@@ -137,3 +139,31 @@ def hooks_cmd(arch, image_size, channels):
     model = zoo.build(ModelConfig(arch=arch, image_size=image_size, channels=int(channels)))
     for name in hook_points(model):
         click.echo(name)
+
+
+@models.command("windows")
+@click.option("--depth", type=click.IntRange(1), default=12, show_default=True,
+              help="Attention layers to lay the presets out on.")
+@click.option("--arch", default=None, help="Take depth and token grid from this preset instead.")
+@click.option("--image-size", type=click.IntRange(2), default=32, show_default=True,
+              help="With --arch: the image size the windows are checked against.")
+def windows_cmd(depth, arch, image_size):
+    """Print every window preset: its per-layer windows (- = global) and where it comes from."""
+    from probe.errors import ProbeError
+    from probe.models import zoo
+    from probe.models.windows import WINDOW_PRESETS
+
+    grid = None
+    if arch:
+        depth, grid = zoo.window_layout(arch, image_size)
+        if not depth:
+            raise ProbeError(f"{arch} takes no attention windows")
+    click.echo(f"{'name':14s} windows per layer 0..{depth - 1}")
+    for name, p in WINDOW_PRESETS.items():
+        try:
+            # without --arch, a grid just large enough for the preset's widest window
+            layers = zoo.parse_windows([name], depth, grid or (max(p.sizes),) * 2)
+            shown = " ".join(str(w) if w else "-" for w in layers)
+        except ProbeError as exc:  # too few layers, or a window larger than the grid
+            shown = f"({exc})"
+        click.echo(f"{name:14s} {shown}  {p.description}")

@@ -7,12 +7,18 @@
   ([batch, head, query, key]); it is also the path torch.func transforms (vmap/vjp) go through.
 
 A window of size w keeps, for a query at (y, x), the keys at |dy| <= w//2 and |dx| <= w//2 (a w x w
-square centred on the query, clipped at the borders). Both backends compute the same function.
+square centred on the query, clipped at the borders). A `Partition(p)` instead tiles the grid
+into non-overlapping p x p squares (Swin, DiffiT) and a query sees only the keys of its own
+square; squares at the bottom/right edge are cut short when p does not divide the grid. The fast
+path runs each square as its own small attention (`Partitions`); the explicit path keeps the
+full [query, key] grid with exact zeros outside the query's square, so probes read the same
+maps for every layer kind. Both backends compute the same function.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,34 @@ def window_mask(height: int, width: int, window: int, device=None) -> torch.Tens
     ys, xs = ys.flatten(), xs.flatten()
     radius = window // 2
     return ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Non-overlapping size x size windows tiling a layer's token grid (spec "LAYERS:pSIZE")."""
+
+    size: int
+
+    def __str__(self) -> str:
+        return f"p{self.size}"
+
+
+Window = int | Partition  # per layer: 0 = global, w = sliding w x w window, Partition(p)
+
+
+def effective_window(window: Window, grid: tuple[int, int]) -> Window:
+    """A window that covers the whole grid wherever the query is, is global attention (0)."""
+    if isinstance(window, Partition):
+        return 0 if window.size >= max(grid) else window
+    return 0 if window >= 2 * max(grid) - 1 else window
+
+
+def partition_mask(height: int, width: int, size: int, device=None) -> torch.Tensor:
+    """Bool [L, L]: True where query (row) and key (column) lie in the same partition."""
+    ys, xs = torch.meshgrid(torch.arange(height, device=device) // size,
+                            torch.arange(width, device=device) // size, indexing="ij")
+    cell = (ys * width + xs).flatten()  # a partition id, unique per square
+    return cell[:, None] == cell[None]
 
 
 def explicit_attention(q, k, v, pattern: HookPoint | None = None, mask=None, bias=None,
@@ -111,24 +145,95 @@ class WindowTiles(nn.Module):
         return out[:, :, : self.height, : self.width].reshape(b, h, self.height * self.width, d)
 
 
+class Partitions(nn.Module):
+    """Attention inside non-overlapping size x size partitions (the fast path of `Partition`).
+
+    The grid is padded to whole partitions, each partition becomes one batch entry of a small
+    fused SDPA call, and an additive mask removes padded keys (a padded query still sees the real
+    keys of its square, so no softmax row is empty; its output is cut off). `bias` is an optional
+    [heads, size^2, size^2] term shared by every partition (DiffiT's relative position bias).
+    """
+
+    def __init__(self, height: int, width: int, size: int):
+        super().__init__()
+        self.height, self.width, self.size = height, width, size
+        self.rows, self.cols = math.ceil(height / size), math.ceil(width / size)
+        ys = torch.arange(self.rows * size) < height
+        xs = torch.arange(self.cols * size) < width
+        real = (ys[:, None] & xs[None]).reshape(self.rows, size, self.cols, size)
+        real = real.transpose(1, 2).reshape(self.rows * self.cols, 1, size * size)
+        pad = torch.zeros(real.shape).masked_fill(~real, float("-inf"))
+        ragged = height % size or width % size
+        self.register_buffer("pad", pad if ragged else None, persistent=False)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, h, L, d] on the grid -> [B, h, partitions, size^2, d], both row-major."""
+        b, h, _, d = x.shape
+        p = self.size
+        x = F.pad(x.reshape(b, h, self.height, self.width, d),
+                  (0, 0, 0, self.cols * p - self.width, 0, self.rows * p - self.height))
+        x = x.reshape(b, h, self.rows, p, self.cols, p, d).transpose(3, 4)
+        return x.reshape(b, h, self.rows * self.cols, p * p, d)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of `split`, padding dropped."""
+        b, h, _, _, d = x.shape
+        p = self.size
+        x = x.reshape(b, h, self.rows, self.cols, p, p, d).transpose(3, 4)
+        x = x.reshape(b, h, self.rows * p, self.cols * p, d)[:, :, : self.height, : self.width]
+        return x.reshape(b, h, self.height * self.width, d)
+
+    def forward(self, q, k, v, bias: torch.Tensor | None = None):
+        b, h, _, d = q.shape
+        n, p2 = self.rows * self.cols, self.size**2
+        mask = None
+        if bias is not None or self.pad is not None:
+            mask = torch.zeros(h, n, p2, p2, dtype=q.dtype, device=q.device)
+            if bias is not None:
+                mask = mask + bias.unsqueeze(1)
+            if self.pad is not None:
+                mask = mask + self.pad.to(q.dtype)
+            mask = mask.reshape(h * n, p2, p2)
+
+        def rows(x):  # 4-D [B, heads * partitions, p^2, d]: what the fused kernels take
+            return self.split(x).reshape(b, h * n, p2, d)
+
+        out = F.scaled_dot_product_attention(rows(q), rows(k), rows(v), attn_mask=mask)
+        return self.merge(out.reshape(b, h, n, p2, d))
+
+
+def window_modules(module: nn.Module, grid: tuple[int, int], window: Window) -> None:
+    """Give an attention `module` its window: attributes `window` (sliding side, 0 if none) and
+    `partition` (side, 0 if none), the explicit path's `mask` and the `partitions` fast path."""
+    if isinstance(window, Partition):  # one partition over the whole grid: global attention
+        window = effective_window(window, grid)
+    module.partition = window.size if isinstance(window, Partition) else 0
+    module.window = 0 if module.partition else window
+    module.partitions = Partitions(*grid, module.partition) if module.partition else None
+    if module.window:
+        module.register_buffer("mask", window_mask(*grid, module.window), persistent=False)
+    elif module.partition:
+        module.register_buffer("mask", partition_mask(*grid, module.partition),
+                               persistent=False)
+    else:
+        module.mask = None
+
+
 class Attention(nn.Module):
     """Self-attention over a `grid` of tokens with an optional local window and a hook point."""
 
-    def __init__(self, dim: int, heads: int, grid: tuple[int, int], window: int = 0,
+    def __init__(self, dim: int, heads: int, grid: tuple[int, int], window: Window = 0,
                  qkv_bias: bool = True, backend: str = "sdpa"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads, self.grid, self.window, self.backend = heads, grid, window, backend
+        self.heads, self.grid, self.backend = heads, grid, backend
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.pattern = HookPoint()
         self.heads_out = HookPoint()  # [B, head, token, head_dim], before the output projection
-        if window:
-            self.register_buffer("mask", window_mask(*grid, window), persistent=False)
-            self.tiles = WindowTiles(*grid, window)
-        else:
-            self.mask = None
+        window_modules(self, grid, window)
+        self.tiles = WindowTiles(*grid, self.window) if self.window else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -137,6 +242,8 @@ class Attention(nn.Module):
             out = explicit_attention(q, k, v, self.pattern, mask=self.mask)
         elif self.window:
             out = self.tiles(q, k, v)
+        elif self.partition:
+            out = self.partitions(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         out = self.heads_out(out)

@@ -3,9 +3,10 @@ arXiv 2312.02139): time-dependent self-attention, in an image-space U and an iso
 
 - TMSA (`TMSA`): the time token enters the attention itself. q, k, v = x W_s + t W_t, with
   t W_t added to all tokens before the heads split; softmax(q k^T / sqrt(d) + B) v with a learned
-  relative position bias B[head, dy, dx] (one table of (2H-1)(2W-1) entries per head over the
-  layer's token grid, Swin-style, so equal offsets share a bias). There is no adaLN: TMSA is the
-  only path by which the noise level reaches a transformer block.
+  relative position bias B[head, dy, dx] (Swin-style: equal offsets share a bias; one table of
+  (2H-1)(2W-1) entries per head over the layer's H x W token grid, or of (2p-1)^2 entries when
+  the layer attends within p x p partitions). There is no adaLN: TMSA is the only path by which
+  the noise level reaches a transformer block.
 - DiffiT transformer block (`DiffiTBlock`): x = x + TMSA(LN(x), t); x = x + MLP(LN(x)).
 - Image-space DiffiT (`DiffiT`): a U of DiffiT ResBlocks, x_hat = Conv3x3(Swish(GN(x))),
   x = DiffiTBlock(x_hat, t) + x (paper eqs. 9-10). Conv3x3 stem ("tokenizer"); per level
@@ -22,10 +23,14 @@ arXiv 2312.02139): time-dependent self-attention, in an image-space U and an iso
 Layer indexing (for `cfg.windows` and hook names): every transformer block is `blocks.{i}`,
 numbered in execution order. Latent: i = 0..depth-1. Image space: the encoder levels from the
 finest to the coarsest (level l contributes blocks[l] layers), then the decoder levels from the
-second-coarsest back to the finest; `DiffiT.layer_grids` lists each layer's token grid. A window
-"0-1:5" restricts layers 0 and 1 to the toolkit's query-centred 5x5 window (see
-probe.models.attention); a window at least as wide as a layer's whole grid is global attention
-there. The relative position bias still applies inside a window.
+second-coarsest back to the finest; `DiffiT.layer_grids` lists each layer's token grid. The
+paper's image-space model attends within non-overlapping windows at every stage (4x4 tokens on
+CIFAR-10, 8x8 on FFHQ-64): an image preset's `partition` is that side, applied to every layer
+(`Partition`, probe.models.attention). A spec overrides it per layer: "0-1:5" restricts layers 0
+and 1 to the toolkit's query-centred 5x5 window, "all:p8" partitions every layer 8x8,
+"all:global" attends globally. A window or partition at least as wide as a layer's whole grid is
+global attention there (a partition is clipped at the grid's edge when it does not divide it).
+The relative position bias applies inside any window.
 
 Hook points: `blocks.{i}.attn.pattern` [batch, head, query, key] (tokens row-major over the
 layer's grid) and `blocks.{i}.attn.heads_out` [batch, head, token, head_dim].
@@ -40,7 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probe.models.attention import explicit_attention, window_mask
+from probe.models.attention import (
+    Partition,
+    Window,
+    effective_window,
+    explicit_attention,
+    window_modules,
+)
 from probe.models.dit import (
     LabelEmbedder,
     Mlp,
@@ -53,13 +64,20 @@ from probe.models.dit import (
 from probe.models.hooks import HookPoint
 
 
-def relative_position_index(height: int, width: int) -> torch.Tensor:
-    """Long [L, L]: the bias-table row of each (query, key) pair, a bijection of (dy, dx)."""
+def relative_position_index(height: int, width: int,
+                            extent: tuple[int, int] | None = None) -> torch.Tensor:
+    """Long [L, L]: the bias-table row of each (query, key) pair, a bijection of (dy, dx).
+
+    The table covers offsets |dy| < extent[0], |dx| < extent[1] (default: the whole grid, so
+    (2H-1)(2W-1) rows); a partitioned layer's table covers one partition. Pairs farther apart
+    (in different partitions, where attention is masked anyway) get row 0.
+    """
+    th, tw = extent or (height, width)
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
-    dy = ys[:, None] - ys[None] + height - 1
-    dx = xs[:, None] - xs[None] + width - 1
-    return dy * (2 * width - 1) + dx
+    dy, dx = ys[:, None] - ys[None], xs[:, None] - xs[None]
+    index = (dy + th - 1) * (2 * tw - 1) + dx + tw - 1
+    return torch.where((dy.abs() < th) & (dx.abs() < tw), index, 0)
 
 
 def xavier_linears(model: nn.Module) -> None:
@@ -80,39 +98,48 @@ class TMSA(nn.Module):
     """
 
     def __init__(self, dim: int, temb_dim: int, heads: int, grid: tuple[int, int],
-                 window: int = 0, qkv_bias: bool = True):
+                 window: Window = 0, qkv_bias: bool = True):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         height, width = grid
-        self.heads, self.grid, self.window, self.backend = heads, grid, window, "sdpa"
+        self.heads, self.grid, self.backend = heads, grid, "sdpa"
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.qkv_temb = nn.Linear(temb_dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        window_modules(self, grid, window)  # window, partition, mask, partitions
+        # One bias per offset a query can see: the grid's offsets, or one partition's.
+        extent = (self.partition,) * 2 if self.partition else grid
         self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * height - 1) * (2 * width - 1), heads))
+            torch.zeros((2 * extent[0] - 1) * (2 * extent[1] - 1), heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(height, width),
-                             persistent=False)
-        if window:
-            self.register_buffer("mask", window_mask(height, width, window), persistent=False)
-        else:
-            self.mask = None
+        self.register_buffer("relative_position_index",
+                             relative_position_index(height, width, extent), persistent=False)
+        if self.partition:  # the same rows for the (query, key) pairs of one partition
+            self.register_buffer("partition_position_index",
+                                 relative_position_index(*extent), persistent=False)
         self.pattern = HookPoint()
         self.heads_out = HookPoint()
 
     def position_bias(self) -> torch.Tensor:
-        """The additive bias [heads, L, L]."""
+        """The additive bias [heads, L, L] over the whole grid."""
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
+
+    def partition_bias(self) -> torch.Tensor:
+        """The additive bias [heads, p^2, p^2] inside one partition (the fast path's)."""
+        return self.relative_position_bias_table[self.partition_position_index].permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x) + self.qkv_temb(temb).unsqueeze(1).to(x.dtype)
         q, k, v = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        bias = self.position_bias().to(q.dtype)
         if self.backend == "explicit" or self.pattern.active:
-            out = explicit_attention(q, k, v, self.pattern, mask=self.mask, bias=bias)
+            out = explicit_attention(q, k, v, self.pattern, mask=self.mask,
+                                     bias=self.position_bias().to(q.dtype))
+        elif self.partition:
+            out = self.partitions(q, k, v, bias=self.partition_bias().to(q.dtype))
         else:
+            bias = self.position_bias().to(q.dtype)
             if self.mask is not None:
                 bias = bias.masked_fill(~self.mask, float("-inf"))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -124,7 +151,7 @@ class DiffiTBlock(nn.Module):
     """x = x + TMSA(LN(x), t); x = x + MLP(LN(x)) on tokens [B, L, C]."""
 
     def __init__(self, dim: int, temb_dim: int, heads: int, grid: tuple[int, int],
-                 window: int = 0, mlp_ratio: float = 4.0):
+                 window: Window = 0, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = TMSA(dim, temb_dim, heads, grid, window)
@@ -140,7 +167,7 @@ class DiffiTResBlock(DiffiTBlock):
     """x_hat = Conv3x3(Swish(GN(x))); x = DiffiTBlock(x_hat, t) + x, on maps [B, C, H, W]."""
 
     def __init__(self, dim: int, temb_dim: int, heads: int, grid: tuple[int, int],
-                 window: int = 0, mlp_ratio: float = 4.0, groups: int = 32):
+                 window: Window = 0, mlp_ratio: float = 4.0, groups: int = 32):
         super().__init__(dim, temb_dim, heads, grid, window, mlp_ratio)
         if dim % groups:
             raise ValueError(f"width {dim} is not divisible by {groups} norm groups")
@@ -163,9 +190,9 @@ def _conditioning(t_embedder, y_embedder, noise_cond, class_labels):
     return c
 
 
-def _effective_windows(windows, grids) -> tuple[int, ...]:
+def _effective_windows(windows, grids) -> tuple[Window, ...]:
     """A window covering a layer's whole grid is global attention there (stored as 0)."""
-    return tuple(0 if w >= 2 * max(g) - 1 else w for w, g in zip(windows, grids))
+    return tuple(effective_window(w, g) for w, g in zip(windows, grids))
 
 
 class Upsample(nn.Module):
@@ -186,7 +213,7 @@ class DiffiT(nn.Module):
                  mults: tuple[int, ...] = (1, 2, 2, 2), blocks: tuple[int, ...] = (2, 2, 2, 2),
                  heads: int = 4, mlp_ratio: float = 4.0, temb_mult: int = 4,
                  norm_groups: int = 32, num_classes: int = 0, class_dropout: float = 0.1,
-                 learn_sigma: bool = False, windows: tuple[int, ...] | None = None):
+                 learn_sigma: bool = False, windows: tuple[Window, ...] | None = None):
         super().__init__()
         if len(mults) != len(blocks) or not mults:
             raise ValueError(f"{len(mults)} width multipliers for {len(blocks)} levels")
@@ -271,7 +298,7 @@ class LatentDiffiT(nn.Module):
     def __init__(self, image_size: int = 32, in_channels: int = 1, patch: int = 2,
                  width: int = 384, depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0,
                  num_classes: int = 0, class_dropout: float = 0.1, learn_sigma: bool = False,
-                 windows: tuple[int, ...] | None = None):
+                 windows: tuple[Window, ...] | None = None):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch {patch}")
@@ -314,19 +341,23 @@ class LatentDiffiT(nn.Module):
         return self.unpatchify(self.final_layer(x))
 
 
-def _layer_count(blocks: tuple[int, ...]) -> int:
+def layer_count(blocks: tuple[int, ...]) -> int:
+    """Transformer layers of the image-space U: every encoder level's plus the decoder's."""
     return sum(blocks) + sum(blocks[:-1])
 
 
 def build(cfg, kind: str, width: int, heads: int, **kwargs) -> nn.Module:
-    """Zoo entry: kind "image" (U-shaped DiffiT; mults, blocks, norm_groups, ...) or "latent"
-    (isotropic; patch, depth, ...)."""
+    """Zoo entry: kind "image" (U-shaped DiffiT; mults, blocks, norm_groups, partition: the
+    side of every layer's non-overlapping windows, 0 = global, ...) or "latent" (isotropic;
+    patch, depth, ...)."""
     from probe.models.zoo import parse_windows
 
     if kind == "image":
         blocks = tuple(kwargs.pop("blocks"))
-        depth = _layer_count(blocks)
-        windows = parse_windows(cfg.windows, depth, (cfg.image_size, cfg.image_size))
+        depth = layer_count(blocks)
+        side = kwargs.pop("partition", 0)
+        windows = parse_windows(cfg.windows, depth, (cfg.image_size, cfg.image_size),
+                                default=Partition(side) if side else 0)
         return DiffiT(image_size=cfg.image_size, in_channels=cfg.channels, width=width,
                       heads=heads, blocks=blocks, num_classes=cfg.num_classes,
                       learn_sigma=cfg.learn_sigma, windows=windows, **kwargs)

@@ -3,7 +3,8 @@
 What makes it a DiT and not just a ViT: adaLN-Zero blocks (every block's shift/scale/gate and the
 final layer are zero-initialised, so a fresh model outputs exactly zero), a fixed 2-D sin-cos
 position embedding, one timestep and one label embedder shared by all blocks, xavier-uniform
-linears. Added for this toolkit: a per-layer local attention window (0 = global) and hook points
+linears. Added for this toolkit: a per-layer local attention window (0 = global; a sliding
+window or non-overlapping partitions, see probe.models.attention) and hook points
 (`blocks.{i}.attn.pattern` [B, head, query, key]; `blocks.{i}.attn.heads_out`
 [B, head, token, head_dim]).
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from probe.models.attention import Attention
+from probe.models.attention import Attention, Window
 
 
 def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
@@ -105,7 +106,7 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, width: int, heads: int, grid: tuple[int, int], window: int = 0,
+    def __init__(self, width: int, heads: int, grid: tuple[int, int], window: Window = 0,
                  mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -143,12 +144,13 @@ class PatchEmbed(nn.Module):
 
 
 class DiT(nn.Module):
-    """DiT backbone. `windows[i]` is layer i's window side in tokens (0 = global attention)."""
+    """DiT backbone. `windows[i]` is layer i's attention window: a side in tokens (0 = global
+    attention) or a `Partition` (see probe.models.attention)."""
 
     def __init__(self, image_size: int = 32, in_channels: int = 1, patch: int = 2,
                  width: int = 384, depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0,
                  num_classes: int = 0, class_dropout: float = 0.1, learn_sigma: bool = False,
-                 windows: tuple[int, ...] | None = None):
+                 windows: tuple[Window, ...] | None = None):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch {patch}")

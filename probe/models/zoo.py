@@ -1,7 +1,9 @@
 """Registry of named model presets: `build(ModelConfig)` -> backbone.
 
-A preset is a family (dit, unet, bf-unet, udit, diffit) plus its size arguments. DiT names follow
-the paper, `dit-{xs,s,b,l,xl}/{1,2,4,8}` (the number is the patch size). Each family module
+A preset is a family (dit, unet, bf-unet, udit, diffit) plus its size arguments. A name a paper
+uses means what that paper says (its source is cited next to it); names of our own CPU-sized
+models (`dit-tiny`, `*-xs` outside the DiT family) cannot be confused with a paper's. DiT names
+are `dit-{tiny,xs,s,b,l,xl}/{1,2,4,8}` (the number is the patch size). Each family module
 exposes `build(cfg, **kwargs)`; it is imported only when a preset of that family is built, so
 listing presets stays cheap.
 """
@@ -17,6 +19,7 @@ from torch import nn
 
 from probe.config import ModelConfig, RunConfig
 from probe.errors import ProbeError
+from probe.models.attention import Partition, Window
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,27 @@ def register(name: str, family: str, description: str = "", **kwargs) -> None:
     PRESETS[name] = Preset(name, family, kwargs, description)
 
 
-# DiT sizes: (depth, width, heads). XS is ours: a CPU-sized model for laptops and tests.
-DIT_SIZES = {"xs": (4, 128, 4), "s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16),
-             "xl": (28, 1152, 16)}
-for _size, (_depth, _width, _heads) in DIT_SIZES.items():
+# DiT sizes: (depth, width, heads, source).
+# - S/B/L/XL: Peebles & Xie (2212.09748), Table 1.
+# - XS: An et al. (2410.21273), the pixel-space DiT-XS/1 of their experiments: width 252 with 4
+#   heads (their project page). Depth 12 is our reading, not a quoted number: it is DiT-S's depth,
+#   their S/1 is DiT-S at patch 1, and their window placements "head" (first six layers) and
+#   "tail" (last six) then split the model into halves.
+# - tiny: ours, a CPU-sized model for laptops, tests and the demo.
+DIT_SIZES = {
+    "tiny": (4, 128, 4, "ours, CPU-sized"),
+    "xs": (12, 252, 4, "An et al. 2410.21273; depth 12 assumed"),
+    "s": (12, 384, 6, "Peebles & Xie 2212.09748"),
+    "b": (12, 768, 12, "Peebles & Xie 2212.09748"),
+    "l": (24, 1024, 16, "Peebles & Xie 2212.09748"),
+    "xl": (28, 1152, 16, "Peebles & Xie 2212.09748"),
+}
+for _size, (_depth, _width, _heads, _source) in DIT_SIZES.items():
+    _label = "tiny" if _size == "tiny" else _size.upper()
     for _patch in (1, 2, 4, 8):
         register(f"dit-{_size}/{_patch}", "dit",
-                 f"DiT-{_size.upper()}/{_patch}: depth {_depth}, width {_width}, heads {_heads}",
+                 f"DiT-{_label}/{_patch}: depth {_depth}, width {_width}, heads {_heads} "
+                 f"({_source})",
                  depth=_depth, width=_width, heads=_heads, patch=_patch)
 
 # UNets (diffusers UNet2DModel). `attention` lists the levels with self-attention (level 0 = full
@@ -62,9 +79,22 @@ register("unet-xs", "unet", "tiny UNet for CPU and tests: channels (32, 64, 64),
          "attention at the lowest level and in the middle",
          kind="unet", block_out_channels=(32, 64, 64), layers_per_block=1, attention=(-1,),
          attention_head_dim=32, norm_num_groups=8)
-# Bias-free blind UNet of Kadkhodaie et al. (ICLR 2024): use with objective "blind".
+# Bias-free blind UNet of Kadkhodaie et al. (ICLR 2024, 2310.02557): use with objective "blind".
+# Their Table 1 grows the network with the image: one more pooling level per doubling, 64
+# channels at full resolution, 2 convs per block. Blocks per resolution follow their release
+# (code/model_loader_func.py: RF_blocks = {18: 1, 45: 2, 90: 3, 180: 4}); our counts are the
+# release's, which the paper rounds loosely (366k printed as 360k, 7.66M as 7.6M). The receptive
+# fields come out exactly as printed (tests/test_unet.py measures them).
+BF_UNET_SIZES = {  # image side: (blocks, parameters and receptive field in their Table 1)
+    20: (1, "360k", 18), 40: (2, "1.8M", 44), 80: (3, "7.6M", 92), 160: (4, "31M", 188)}
+for _side, (_blocks, _params, _rf) in BF_UNET_SIZES.items():
+    register(f"bf-unet-{_side}", "bf-unet",
+             f"bias-free blind UNet for {_side}x{_side} images (Kadkhodaie et al. Table 1): "
+             f"{_blocks} pooling{'s' if _blocks > 1 else ''}, {_params} parameters, "
+             f"receptive field {_rf}",
+             kind="bf-unet", width=64, blocks=_blocks)
 register("bf-unet", "bf-unet", "bias-free blind UNet (Kadkhodaie et al.): 3 levels, channels "
-         "64/128/256, middle 512, 2 convs per block", kind="bf-unet", width=64)
+         "64/128/256, middle 512, 2 convs per block (= bf-unet-80)", kind="bf-unet", width=64)
 register("bf-unet-xs", "bf-unet", "bias-free blind UNet, 16 base channels (CPU and tests)",
          kind="bf-unet", width=16)
 
@@ -76,27 +106,64 @@ def preset(arch: str) -> Preset:
         raise ProbeError(f"unknown arch {arch!r}; `probe models list` shows the presets") from None
 
 
-def parse_windows(specs: tuple[str, ...] | list[str], depth: int, grid: tuple[int, int]
-                  ) -> tuple[int, ...]:
-    """["0-3:5", "7:3"] -> per-layer window sides (0 = global). Validates against the model."""
-    windows = [0] * depth
-    for spec in specs:
-        match = re.fullmatch(r"\s*(all|\d+)(?:-(\d+))?\s*:\s*(\d+)\s*", spec)
+def parse_windows(specs: tuple[str, ...] | list[str], depth: int, grid: tuple[int, int],
+                  default: Window = 0) -> tuple[Window, ...]:
+    """["0-3:5", "7:p4"] -> per-layer windows. Validates against the model's depth and grid.
+
+    LAYERS:SIZE is a sliding SIZE x SIZE window centred on each query (SIZE odd), LAYERS:pSIZE
+    non-overlapping SIZE x SIZE partitions, LAYERS:global plain attention; `default` is what the
+    layers no spec names get (a preset's own layout). A spec may also name a window preset
+    (`probe.models.windows`, e.g. "an-default"), which expands into per-layer specs first.
+    """
+    from probe.models.windows import expand
+
+    windows = [default] * depth
+    for spec, origin in expand(specs, depth):
+        name = repr(spec) if spec == origin else f"{spec!r} (from {origin.strip()})"
+        match = re.fullmatch(r"\s*(all|\d+)(?:-(\d+))?\s*:\s*(\d+|p\d+|global)\s*", spec)
         if not match:
-            raise ProbeError(f"bad window {spec!r}: expected LAYERS:SIZE such as 0-3:5 or all:7")
+            raise ProbeError(f"bad window {name}: expected LAYERS:SIZE such as 0-3:5 or all:7, "
+                             "LAYERS:pSIZE (partitions), or a preset name "
+                             "(`probe models windows`)")
         first, last, size = match.groups()
         lo, hi = (0, depth - 1) if first == "all" else (int(first), int(last or first))
-        size = int(size)
         if lo > hi or hi >= depth:
-            raise ProbeError(f"window {spec!r}: layers must lie in 0..{depth - 1}")
-        if size < 1 or size % 2 == 0:
-            raise ProbeError(f"window {spec!r}: size must be odd (centred on the query)")
-        if size > 2 * max(grid) - 1:
-            raise ProbeError(f"window {spec!r}: {size}x{size} is larger than the "
-                             f"{grid[0]}x{grid[1]} token grid allows")
+            raise ProbeError(f"window {name}: layers must lie in 0..{depth - 1}")
+        window = _window(name, size, grid)
         for layer in range(lo, hi + 1):
-            windows[layer] = size
+            windows[layer] = window
     return tuple(windows)
+
+
+def _window(name: str, size: str, grid: tuple[int, int]) -> Window:
+    if size == "global":
+        return 0
+    if size.startswith("p"):
+        side = int(size[1:])
+        if not 1 <= side <= max(grid):
+            raise ProbeError(f"window {name}: partitions must be 1 to {max(grid)} tokens wide "
+                             f"on the {grid[0]}x{grid[1]} token grid")
+        return Partition(side)
+    side = int(size)
+    if side < 1 or side % 2 == 0:
+        raise ProbeError(f"window {name}: size must be odd (centred on the query)")
+    if side > 2 * max(grid) - 1:
+        raise ProbeError(f"window {name}: {side}x{side} is larger than the "
+                         f"{grid[0]}x{grid[1]} token grid allows")
+    return side
+
+
+def window_layout(arch: str, image_size: int) -> tuple[int, tuple[int, int]]:
+    """(attention layers, token grid) that a `--window` spec of this preset is checked against;
+    depth 0: the preset takes no windows (UNets, U-DiT)."""
+    kwargs = preset(arch).kwargs
+    grid = (image_size // kwargs.get("patch", 1),) * 2
+    if kwargs.get("kind") == "image":  # image-space DiffiT: every ResBlock of the U, in order
+        from probe.models.diffit import layer_count
+
+        return layer_count(kwargs["blocks"]), grid
+    depth = kwargs.get("depth")
+    return (depth if isinstance(depth, int) else 0), grid
 
 
 def build(cfg: ModelConfig) -> nn.Module:
@@ -151,14 +218,22 @@ for _size, (_width, _heads, _depth) in UDIT_SIZES.items():
              f"blocks {'-'.join(map(str, _depth))}",
              width=_width, heads=_heads, depth=_depth)
 
-# DiffiT (Hatamizadeh et al. 2312.02139): image-space U (C, width multipliers, ResBlocks per level)
-# and isotropic latent-style models (depth, width, heads, patch); latent-XL is the released size.
+# DiffiT (Hatamizadeh et al. 2312.02139): image-space U (C, width multipliers, ResBlocks per level,
+# `partition`: the side of every layer's non-overlapping attention windows) and isotropic
+# latent-style models (depth, width, heads, patch); latent-XL is the released size.
+# The paper's image-space layout: every stage attends within non-overlapping windows, 4x4 tokens
+# on CIFAR-10 (8x8 on FFHQ-64), and its CIFAR-10 U has 3 levels (32, 16, 8) with 2 DiffiT
+# ResBlocks per stage. Left open by the paper, ours: C 128, mults 1-2-2, 4 heads, and the FFHQ-64
+# U's depth (for 8x8 windows: `--arch diffit-s --window all:p8`). diffit-xs is ours, CPU-sized,
+# with the paper's layout but one ResBlock per stage.
 FAMILIES["diffit"] = "probe.models.diffit"
-register("diffit-xs", "diffit", "DiffiT image-space U: C 32, mults 1-2-2, blocks 1-1-1, heads 2",
-         kind="image", width=32, mults=(1, 2, 2), blocks=(1, 1, 1), heads=2, norm_groups=8)
-register("diffit-s", "diffit",
-         "DiffiT image-space U: C 128, mults 1-2-2-2, blocks 2-2-2-2, heads 4",
-         kind="image", width=128, mults=(1, 2, 2, 2), blocks=(2, 2, 2, 2), heads=4)
+register("diffit-xs", "diffit", "DiffiT image-space U, ours (CPU): C 32, mults 1-2-2, "
+         "blocks 1-1-1, heads 2, 4x4 partitions",
+         kind="image", width=32, mults=(1, 2, 2), blocks=(1, 1, 1), heads=2, norm_groups=8,
+         partition=4)
+register("diffit-s", "diffit", "DiffiT image-space U, CIFAR-10 layout (Hatamizadeh et al.): "
+         "3 levels, 2 blocks per stage, 4x4 partitions; C 128, mults 1-2-2, heads 4 (ours)",
+         kind="image", width=128, mults=(1, 2, 2), blocks=(2, 2, 2), heads=4, partition=4)
 DIFFIT_LATENT_SIZES = {"xs": (4, 128, 4), "s": (12, 384, 6), "xl": (28, 1152, 16)}
 for _size, (_depth, _width, _heads) in DIFFIT_LATENT_SIZES.items():
     register(f"diffit-latent-{_size}", "diffit",
