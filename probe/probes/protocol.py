@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -31,6 +31,7 @@ from probe.runs import Run
 Log = Callable[[str], None]
 
 
+@runtime_checkable
 class Probe(Protocol):
     name: str
     filename: str
