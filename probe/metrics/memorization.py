@@ -14,7 +14,17 @@ them.
 - `pair_cosine` / `reproducible_fraction`: Kadkhodaie et al.'s same-noise comparison of two
   models trained on disjoint sets.
 
-Everything works on flattened images in the model's [-1, 1] range.
+Value ranges, and why two variants of each test exist. Everything works on flattened images in
+the model's [-1, 1] range. There, the raw cosine of two images is dominated by what every image
+shares (MNIST's black background: two *different* digits have raw cosine ~0.75), and l2 is
+dominated by global contrast (a short run's faint copy of a digit, x = a t + b with a < 1, lies
+closer in l2 to a fainter digit than to its own source t). So beside the raw variants there are
+*normalised* ones, computed after removing each image's mean and dividing by its norm
+(`normalise`): the cosine of normalised images is the Pearson correlation of their pixels
+(`pair_correlation`, what Kadkhodaie et al.'s same-noise comparison needs on images with a
+shared background), and distances between them, sqrt(2 - 2 r), make the NN-ratio test blind to
+brightness and contrast (`normalised_distances`): a faint copy normalises to its source
+exactly. The summaries use the normalised variants; the raw ones stay in the tables.
 """
 
 from __future__ import annotations
@@ -162,6 +172,19 @@ def pair_cosine(a, b, mean_removed: bool = False) -> np.ndarray:
     x = _prepare(a, "cosine", mean_removed).double()
     y = _prepare(b, "cosine", mean_removed).double()
     return (x * y).sum(1).numpy()
+
+
+def pair_correlation(a, b) -> np.ndarray:
+    """Pearson correlation of row i of `a` with row i of `b`: the cosine after removing each
+    image's mean (in [-1, 1]; 0 for unrelated images, whatever their shared background)."""
+    return pair_cosine(a, b, mean_removed=True)
+
+
+def normalised_distances(correlations) -> np.ndarray:
+    """Distances between mean-removed unit images from their correlations: sqrt(2 - 2 r),
+    ascending where the correlations descend (what `nn_ratio` takes)."""
+    r = np.clip(np.asarray(correlations, np.float64), -1.0, 1.0)
+    return np.sqrt(np.maximum(2.0 - 2.0 * r, 0.0))
 
 
 def reproducible_fraction(cosines, threshold: float = REPRODUCIBLE_THRESHOLD) -> float:

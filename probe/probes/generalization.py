@@ -158,7 +158,7 @@ NOT_IN_IDENTITY = ("batch", "threshold", "fid_weights", "pairs")
 def _identity(run, cfg: GeneralizationConfig) -> dict:
     core = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_IDENTITY}
     return {"checkpoint_sha256": run.checkpoint_sha256, "data_sha256": run.data_sha256,
-            **core}
+            "layout": fmt.LAYOUT, **core}
 
 
 def _stored_samples(path: Path, identity: dict) -> torch.Tensor | None:
@@ -192,13 +192,21 @@ def _probe_neighbours(run, s: _Session, out: ResumableH5, samples: torch.Tensor)
                                              c.mean_removed, device=s.dev)
     cos_idx, cos_sim = mem.nearest_neighbours(samples, reference, 2, "cosine", c.mean_removed,
                                               device=s.dev)
+    # contrast-robust: correlation (mean-removed cosine) neighbours, whatever --mean-removed says
+    cor_idx, cor = mem.nearest_neighbours(samples, reference, 2, "cosine", True, device=s.dev)
     rows = reference.indices
     group.create_dataset("l2_rows", data=rows[l2_idx.numpy()])
     group.create_dataset("l2_distances", data=l2_dist.numpy())
     group.create_dataset("cosine_rows", data=rows[cos_idx.numpy()])
     group.create_dataset("cosine_similarities", data=cos_sim.numpy())
     group.create_dataset("nearest_image", data=to_uint8(run.images(rows[l2_idx[:, 0].numpy()])))
+    group.create_dataset("correlation_rows", data=rows[cor_idx.numpy()])
+    group.create_dataset("correlations", data=cor.numpy())
+    group.create_dataset("nearest_image_normalised",
+                         data=to_uint8(run.images(rows[cor_idx[:, 0].numpy()])))
     group.create_dataset("nn_ratio", data=mem.nn_ratio(l2_dist.numpy()))
+    group.create_dataset("nn_ratio_normalised",
+                         data=mem.nn_ratio(mem.normalised_distances(cor.numpy())))
     group.create_dataset("carlini_ratio", data=mem.carlini_ratio(l2_dist.numpy()))
     group.attrs["mean_removed"] = c.mean_removed
     out.complete(group)
@@ -221,8 +229,9 @@ def _probe_quality(run, s: _Session, out: ResumableH5, key: str, samples: torch.
 
 def _probe_pair(run, other, s: _Session, out: ResumableH5, samples: torch.Tensor) -> None:
     group = out.begin(fmt.pair_key(other.run_id))
-    group.create_dataset("cosine", data=mem.pair_cosine(samples, s.samples_of(other),
-                                                        s.cfg.mean_removed))
+    theirs = s.samples_of(other)
+    group.create_dataset("cosine", data=mem.pair_cosine(samples, theirs, s.cfg.mean_removed))
+    group.create_dataset("correlation", data=mem.pair_correlation(samples, theirs))
     group.attrs["other_split"], group.attrs["other_n"] = other.split, other.n
     out.complete(group)
 
