@@ -4,13 +4,13 @@
 Columns: run, arch, n, split, dataset, sigma (NaN where it does not apply), metric, value,
 pair, note. Metrics: psnr_train, psnr_test, psnr_gap per sigma and psnr_gap_mean (An et al.'s
 PSNR gap); memorized_fraction, nn_ratio_mean, carlini_ratio, nn_cosine_mean (nearest training
-images in l2 on the [-1, 1] scale) and memorized_fraction_normalised, nn_ratio_normalised_mean,
-nn_correlation_mean (the contrast-robust variants: images mean-removed and unit-normalised, see
-probe.metrics.memorization); per pair, reproducibility and reproducible_fraction (raw
-same-noise cosine) and similarity_correlation (mean) and similarity_correlation_median (Pearson
-correlation of the two samples); fid, kid, precision, recall (NaN with a note when no feature
-extractor was given). The report's headline uses memorized_fraction_normalised and
-similarity_correlation_median (`HEADLINE`).
+images in l2 on the [-1, 1] scale) and memorized_fraction_normalised,
+nn_ratio_normalised_mean, nn_normalised_cosine_mean (the contrast-robust variants, on normalised
+images: probe.metrics.memorization); per pair, reproducibility and reproducible_fraction (raw
+same-noise cosine) and similarity_normalised, similarity_normalised_median (the cosine of the
+two normalised samples); fid, kid, precision, recall (NaN with a note when no feature extractor
+was given). The report's headline uses memorized_fraction_normalised and
+similarity_normalised_median (`HEADLINE`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from probe.metrics.psnr import psnr_gap
 COLUMNS = ("run", "arch", "n", "split", "dataset", "sigma", "metric", "value", "pair", "note")
 NO_WEIGHTS = "skipped: no --fid-weights given (no feature extractor is downloaded)"
 QUALITY = ("fid", "kid", "precision", "recall")
-HEADLINE = ("memorized_fraction_normalised", "similarity_correlation_median")
+HEADLINE = ("memorized_fraction_normalised", "similarity_normalised_median")
 
 
 def table_from_file(path: str | Path, threshold: float = mem.REPRODUCIBLE_THRESHOLD,
@@ -59,23 +59,23 @@ def table_from_file(path: str | Path, threshold: float = mem.REPRODUCIBLE_THRESH
         add("carlini_ratio", f["neighbours/carlini_ratio"][:].mean(),
             note=f"mean over samples; k = {min(mem.CARLINI_K, distances.shape[1])}")
         add("nn_cosine_mean", f["neighbours/cosine_similarities"][:, 0].mean())
-        correlations = f["neighbours/correlations"][:]
+        normalised = f["neighbours/normalised_cosines"][:]
         add("memorized_fraction_normalised",
-            mem.memorized_fraction(mem.normalised_distances(correlations)),
-            note="mean-removed unit images: ||x - NN1|| / ||x - NN2|| < "
-                 f"{mem.NN_RATIO_THRESHOLD:.3g} (blind to brightness and contrast)")
+            mem.memorized_fraction(mem.normalised_distances(normalised)),
+            note="normalised images (own mean and the data's mean image out, unit norm): "
+                 f"||x - NN1|| / ||x - NN2|| < {mem.NN_RATIO_THRESHOLD:.3g}")
         add("nn_ratio_normalised_mean", np.nanmean(f["neighbours/nn_ratio_normalised"][:]))
-        add("nn_correlation_mean", correlations[:, 0].mean())
+        add("nn_normalised_cosine_mean", normalised[:, 0].mean())
         for other in sorted(f[fmt.PAIRS]) if fmt.PAIRS in f else []:
             group = f[fmt.pair_key(other)]
-            cos, cor = group["cosine"][:], group["correlation"][:]
+            cos, nor = group["cosine"][:], group["normalised"][:]
             add("reproducibility", cos.mean(), pair=other, note="mean cosine, same noise")
             add("reproducible_fraction", mem.reproducible_fraction(cos, threshold),
                 pair=other, note=f"cosine > {threshold:g}")
-            add("similarity_correlation", cor.mean(), pair=other,
-                note="mean Pearson correlation of same-noise samples")
-            add("similarity_correlation_median", np.median(cor), pair=other,
-                note="median Pearson correlation of same-noise samples")
+            add("similarity_normalised", nor.mean(), pair=other,
+                note="mean cosine of normalised same-noise samples")
+            add("similarity_normalised_median", np.median(nor), pair=other,
+                note="median cosine of normalised same-noise samples")
         if quality_key is None or quality_key not in f:
             for metric in QUALITY:
                 add(metric, math.nan, note=NO_WEIGHTS)

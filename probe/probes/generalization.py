@@ -40,6 +40,9 @@ TRAINING_METRICS = "the PSNR gap (training vs held-out images) and nearest-train
                    "memorization"
 
 
+MEAN_CHUNK = 1024  # held-out rows read at once for the data set's mean image
+
+
 # ---------------------------------------------------------------------------------- inputs
 
 
@@ -133,6 +136,18 @@ class _Session:
     dev: torch.device
     extractor: object = None
     samples: dict = field(default_factory=dict)  # run id -> samples tensor
+    mean_images: dict = field(default_factory=dict)  # data sha256 -> its mean image
+
+    def mean_image_of(self, run) -> torch.Tensor:
+        """The data set's mean image, estimated on its held-out rows (the same for every run of
+        the data set, so both runs of a pair are normalised alike); the training rows when it has
+        none."""
+        if run.data_sha256 not in self.mean_images:
+            rows = run.test_indices if len(run.test_indices) else run.train_indices
+            total = sum(run.images(rows[lo: lo + MEAN_CHUNK]).double().sum(0)
+                        for lo in range(0, len(rows), MEAN_CHUNK))
+            self.mean_images[run.data_sha256] = (total / len(rows)).float()
+        return self.mean_images[run.data_sha256]
 
     def samples_of(self, run) -> torch.Tensor:
         """The run's samples: from memory, from its finished file of the same settings, or
@@ -192,21 +207,24 @@ def _probe_neighbours(run, s: _Session, out: ResumableH5, samples: torch.Tensor)
                                              c.mean_removed, device=s.dev)
     cos_idx, cos_sim = mem.nearest_neighbours(samples, reference, 2, "cosine", c.mean_removed,
                                               device=s.dev)
-    # contrast-robust: correlation (mean-removed cosine) neighbours, whatever --mean-removed says
-    cor_idx, cor = mem.nearest_neighbours(samples, reference, 2, "cosine", True, device=s.dev)
+    # contrast-robust: neighbours among normalised images, whatever --mean-removed says
+    mean_image = s.mean_image_of(run)
+    nor_idx, nor = mem.nearest_neighbours(samples, reference, 2, "cosine", device=s.dev,
+                                          mean_image=mean_image)
     rows = reference.indices
     group.create_dataset("l2_rows", data=rows[l2_idx.numpy()])
     group.create_dataset("l2_distances", data=l2_dist.numpy())
     group.create_dataset("cosine_rows", data=rows[cos_idx.numpy()])
     group.create_dataset("cosine_similarities", data=cos_sim.numpy())
     group.create_dataset("nearest_image", data=to_uint8(run.images(rows[l2_idx[:, 0].numpy()])))
-    group.create_dataset("correlation_rows", data=rows[cor_idx.numpy()])
-    group.create_dataset("correlations", data=cor.numpy())
+    group.create_dataset("mean_image", data=mean_image.numpy())
+    group.create_dataset("normalised_rows", data=rows[nor_idx.numpy()])
+    group.create_dataset("normalised_cosines", data=nor.numpy())
     group.create_dataset("nearest_image_normalised",
-                         data=to_uint8(run.images(rows[cor_idx[:, 0].numpy()])))
+                         data=to_uint8(run.images(rows[nor_idx[:, 0].numpy()])))
     group.create_dataset("nn_ratio", data=mem.nn_ratio(l2_dist.numpy()))
     group.create_dataset("nn_ratio_normalised",
-                         data=mem.nn_ratio(mem.normalised_distances(cor.numpy())))
+                         data=mem.nn_ratio(mem.normalised_distances(nor.numpy())))
     group.create_dataset("carlini_ratio", data=mem.carlini_ratio(l2_dist.numpy()))
     group.attrs["mean_removed"] = c.mean_removed
     out.complete(group)
@@ -231,7 +249,8 @@ def _probe_pair(run, other, s: _Session, out: ResumableH5, samples: torch.Tensor
     group = out.begin(fmt.pair_key(other.run_id))
     theirs = s.samples_of(other)
     group.create_dataset("cosine", data=mem.pair_cosine(samples, theirs, s.cfg.mean_removed))
-    group.create_dataset("correlation", data=mem.pair_correlation(samples, theirs))
+    group.create_dataset("normalised", data=mem.pair_cosine(samples, theirs,
+                                                         mean_image=s.mean_image_of(run)))
     group.attrs["other_split"], group.attrs["other_n"] = other.split, other.n
     out.complete(group)
 

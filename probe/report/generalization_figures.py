@@ -61,9 +61,9 @@ def _gray(img: np.ndarray):
 
 def sample_pairs_figure(store: Artifacts, runs, path: Path, count: int = 8) -> Path | None:
     """Kadkhodaie et al. Fig. 2: per pair (by N), rows model A's samples, their nearest
-    training images, model B's samples from the same noise, theirs. "Nearest" is the
-    best-correlated training image (mean-removed, unit-normalised: blind to the contrast a short
-    run gets wrong; probe.metrics.memorization)."""
+    training images, model B's samples from the same noise, theirs. "Nearest" is the training
+    image nearest after normalising both (blind to the contrast a short run gets wrong;
+    probe.metrics.memorization)."""
     paths = _h5_paths(store, runs)
     pairs = _pairs(paths)
     if not pairs:
@@ -97,19 +97,19 @@ def sample_pairs_figure(store: Artifacts, runs, path: Path, count: int = 8) -> P
 
 
 def similarity_histograms_figure(store: Artifacts, runs, path: Path) -> Path | None:
-    """Per N: the correlation (mean-removed cosine) of model A's and model B's samples from the
-    same noise, and of each sample with its best-correlated training image."""
+    """Per N: the normalised cosine of model A's and model B's samples from the same noise, and
+    of each sample with its nearest training image."""
     paths = _h5_paths(store, runs)
     by_n: dict[int, dict[str, list]] = {}
     for a, b, n in _pairs(paths):
         with h5py.File(paths[a], "r") as f:
             by_n.setdefault(n, {"pair": [], "nn": []})["pair"].append(
-                f[f"pairs/{b}/correlation"][:])
+                f[f"pairs/{b}/normalised"][:])
     for p in paths.values():
         with h5py.File(p, "r") as f:
             n = attr_n(f.attrs) or 0
             by_n.setdefault(n, {"pair": [], "nn": []})["nn"].append(
-                f["neighbours/correlations"][:, 0])
+                f["neighbours/normalised_cosines"][:, 0])
     if not by_n:
         return None
     ns = sorted(by_n)
@@ -123,7 +123,7 @@ def similarity_histograms_figure(store: Artifacts, runs, path: Path) -> Path | N
                 values = np.clip(np.concatenate(by_n[n][key]), bins[0], bins[-1])
                 ax.hist(values, bins=bins, alpha=0.6, label=label, color=color, density=True)
         ax.set_title(f"N = {n}", fontsize=8)
-        ax.set_xlabel("correlation (mean-removed cosine)", fontsize=7)
+        ax.set_xlabel("cosine of normalised images", fontsize=7)
     axes[0, 0].legend(fontsize=6, loc="upper left")
     return save_figure_png(fig, path)
 

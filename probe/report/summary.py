@@ -19,7 +19,7 @@ from probe.report.joins import build_joins
 # table -> the metrics worth a line in the summary (all others stay in the table files)
 HEADLINES = {
     "generalization": ("psnr_gap_mean", "memorized_fraction_normalised", "memorized_fraction",
-                       "similarity_correlation_median", "reproducibility", "psnr_train",
+                       "similarity_normalised_median", "reproducibility", "psnr_train",
                        "psnr_test", "fid"),
     "locality": ("distance_px", "mass_r1", "entropy", "radius90"),
     "basis": ("harmonicity_eigen", "trace", "asymmetry", "linearity", "eigen_below_half",
@@ -54,18 +54,18 @@ def headline(df: pd.DataFrame) -> list[str]:
         return lines
     df = df[df["n"].notna()]
     for (arch, n), g in df.groupby(["arch", "n"], sort=True):
-        def mean(metric):
+        def mean(metric, g=g):
             values = g.loc[g["metric"] == metric, "value"]
             return float(values.mean()) if len(values) else float("nan")
 
         copies, l2 = mean("memorized_fraction_normalised"), mean("memorized_fraction")
-        similarity, gap = mean("similarity_correlation_median"), mean("psnr_gap_mean")
+        similarity, gap = mean("similarity_normalised_median"), mean("psnr_gap_mean")
         text = (f"- N = {int(n)} ({arch}): {copies:.0%} of samples copy a training image "
-                f"(nearest-neighbour ratio < 1/3 on mean-removed, unit-normalised images; "
+                f"(nearest-neighbour ratio < 1/3 on normalised images, blind to contrast; "
                 f"{l2:.0%} by plain l2)")
         if similarity == similarity:
-            text += (f"; split-a and split-b models sampled from the same noise correlate at "
-                     f"median {similarity:.2f}")
+            text += (f"; split-a and split-b models sampled from the same noise agree at a "
+                     f"median normalised cosine of {similarity:.2f}")
         lines.append(text + f"; PSNR gap {gap:.2f} dB.")
     return lines
 
