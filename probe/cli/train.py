@@ -39,7 +39,9 @@ _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
 @click.option("--checkpoint-every", type=click.IntRange(1), default=_T.checkpoint_every)
 @click.option("--keep-checkpoints", is_flag=True,
               help="Keep every periodic checkpoint (needed by `attribution --influence`).")
-@click.option("--log-every", type=click.IntRange(1), default=_T.log_every)
+@click.option("--log-every", type=click.IntRange(1), default=_T.log_every,
+              help="Steps between stats.jsonl lines. Off a terminal, progress lines come "
+                   "every ~10 %% of the run, or every --log-every steps if coarser.")
 @click.option("--sample-grid", type=click.IntRange(0), default=_T.sample_grid,
               help="Samples in the final grid PNG (0: none).")
 @click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]),
