@@ -5,7 +5,7 @@ the architecture (`probe.models.counts`). Cases, timed in interleaved rounds in 
 
 - `probe models list` as a user runs it: a fresh interpreter (`python -m probe`), all presets;
 - the old count of one preset in process: `zoo.build` + `count_parameters` + `macs_per_image`
-  (DiT-XL/2, the largest of the listing's DiTs; DiT-S/2 under --quick);
+  (DiT-XL/2, the paper's flagship; DiT-S/2 under --quick);
 - the same preset built on the meta device and counted by FlopCounterMode (what
   `probe models show` does), for scale.
 

@@ -2,7 +2,7 @@
 
 `probe models list` needs both figures for 34 presets up to DiT-XL. Building the models to count
 them took 49 s on a 2-core machine (87 s with torch's FLOP counter); shapes on the meta device
-still take ~13 s, most of it importing torch and diffusers (4 s alone). A JSON cache keyed by
+still took ~13 s (importing torch and diffusers alone takes 3.5-4.5 s). A JSON cache keyed by
 code version would answer warm calls fast, but it would miss its first call and every call after
 a model edit or a dependency upgrade, and a listing command would write to a cache directory. So
 each family is described here layer by layer in plain arithmetic, which answers in microseconds,
@@ -17,9 +17,9 @@ What is counted (FlopCounterMode's convention, halved: one multiply-accumulate =
   (q k^T and P v: 2 * queries * keys * width), at batch 1, including the conditioning MLPs;
 - nothing elementwise: norms, activations, modulation, softmax, RoPE, biases and embedding
   look-ups cost 0. (Counters that charge elementwise multiplies, such as torchprofile, read
-  ~0.4 % higher on U-DiT.)
-- U-DiT is counted in its merged form (`UDiT.merged()`, rep=False), the model the paper reports
-  and inference runs; its parameters are the trained (rep) ones, which checkpoints hold. Merged
+  0.2-0.4 % higher on U-DiT.)
+- U-DiT is counted in its merged form (`UDiT.merged()`, rep=False), the form the paper reports
+  and deploys; its parameters are the trained (rep) ones, which checkpoints hold. Merged
   U-DiT-S at its paper setting (ImageNet 256, a 32x32x4 latent, 1000 classes, learned sigma):
   6.021 G MACs against the paper's 6.04 G (-0.3 %); the over-parameterised training forward runs
   6.83 G. torchprofile, the counter of the U-DiT release, gives 6.047 G on the same merged model:
@@ -48,7 +48,7 @@ class Tally:
         self.params = self.macs = 0
 
     def weights(self, n: int) -> None:
-        """Parameters that cost no MACs (norm affines, embedding tables, biases tables, gains)."""
+        """Parameters that cost no MACs (norm affines, embedding and bias tables, gains)."""
         self.params += n
 
     def linear(self, c_in: int, c_out: int, tokens: int = 1, bias: bool = True) -> None:
