@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from probe.errors import ProbeError
 from probe.formats.images import save_grid
 from probe.models import zoo
 from probe.models.denoiser import Denoiser
+from probe.progress import reporter
 
 CONFIG, STATS, SUBSET = artifacts.RUN_CONFIG, artifacts.RUN_STATS, artifacts.RUN_SUBSET
 
@@ -191,7 +191,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
                  denoiser.schedule)
     bf16 = t.precision == "bf16" or (t.precision == "auto" and use_cuda)
 
-    bar = _progress(progress and rank == 0, start, t.steps, run_dir.name)
+    bar = reporter(progress and rank == 0, start, t.steps, run_dir.name)  # on stderr
     tick, seen = time.perf_counter(), 0
     for step in range(start, t.steps):
         torch.manual_seed(_step_seed(t.seed, step))
@@ -212,11 +212,11 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
                       "images_per_s": seen / max(now - tick, 1e-9)}
             _append_stats(run_dir / STATS, record)
             tick, seen = now, 0
-            bar(done_steps, record["loss"])
+            bar(done_steps, record["loss"], record["images_per_s"])
         if rank == 0 and (done_steps % t.checkpoint_every == 0 or done_steps == t.steps):
             checkpoints.save_checkpoint(run_dir, done_steps, denoiser.backbone, ema.backbone,
                                         optimizer, metadata, t.keep_checkpoints)
-    bar(None, None)
+    bar(None)
     if rank == 0:
         final = {**metadata, "step": t.steps}
         checkpoints.save_weights(run_dir / artifacts.MODEL_WEIGHTS, denoiser.backbone, final)
@@ -246,24 +246,3 @@ def _truncate_stats(path: Path, step: int) -> None:
 def _append_stats(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def _progress(enabled: bool, start: int, total: int, name: str):
-    if not enabled:
-        return lambda *a: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=start, desc=name[:40], leave=False, file=sys.stderr,
-               mininterval=1.0, dynamic_ncols=True)
-    last = [start]
-
-    def update(step, loss):
-        if step is None:
-            bar.close()
-            return
-        bar.update(step - last[0])
-        last[0] = step
-        if loss is not None and math.isfinite(loss):
-            bar.set_postfix(loss=f"{loss:.4f}")
-
-    return update

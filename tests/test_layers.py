@@ -23,7 +23,7 @@ LAYERS = (
     ("probe.formats", "probe.checkpoints"),
     ("probe.data",),
     ("probe.config", "probe.artifacts", "probe.errors", "probe.seeding", "probe.allocator",
-     "probe"),
+     "probe.progress", "probe"),
 )
 
 

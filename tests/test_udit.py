@@ -237,6 +237,15 @@ def test_rep_feed_forward_is_branches_and_fuses_out_of_place():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ffn.parameters())
 
 
+def test_merged_model_computes_the_same_function(model, inputs):
+    merged = model.merged()
+    assert all(not block.mlp1.rep and not block.mlp2.rep for block in merged.blocks())
+    assert all(block.mlp1.rep for block in model.blocks())  # the original is left as it was
+    with torch.no_grad():
+        assert torch.allclose(merged(*inputs), model(*inputs), atol=1e-5)
+    assert zoo.count_parameters(merged) < zoo.count_parameters(model)
+
+
 def test_windows_and_bad_sizes_are_rejected():
     with pytest.raises(ProbeError, match="windows"):
         build(windows=("0:3",))

@@ -1,4 +1,4 @@
-"""`probe train-split` and `probe models list | hooks`."""
+"""`probe train-split` and `probe models list | show | hooks`."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
 @click.option("--checkpoint-every", type=click.IntRange(1), default=_T.checkpoint_every)
 @click.option("--keep-checkpoints", is_flag=True,
               help="Keep every periodic checkpoint (needed by `attribution --influence`).")
-@click.option("--log-every", type=click.IntRange(1), default=_T.log_every)
+@click.option("--log-every", type=click.IntRange(1), default=_T.log_every,
+              help="Steps between stats.jsonl lines. Off a terminal, progress lines come "
+                   "every ~10 %% of the run, or every --log-every steps if coarser.")
 @click.option("--sample-grid", type=click.IntRange(0), default=_T.sample_grid,
               help="Samples in the final grid PNG (0: none).")
 @click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]),
@@ -79,9 +81,9 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
                                   keep_checkpoints=keep_checkpoints, log_every=log_every,
                                   sample_grid=sample_grid, compile=compile_,
                                   precision=precision)))
-    for c in configs:  # validate the model (windows vs grid, ...) before any work
+    for c in configs:  # validate the model (windows vs grid, ...) before any work: shapes only
         zoo.build(dataclasses.replace(c.model, image_size=data_config.size,
-                                      channels=data_config.channels or 1))
+                                      channels=data_config.channels or 1), device="meta")
     prepared = prepare(data_config, store, command_line())
     resolved = [resolve(c, prepared) for c in configs]
     if dry_run:
@@ -107,9 +109,15 @@ def models() -> None:
 @click.option("--image-size", type=click.IntRange(2), default=32)
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1")
 @click.option("--family", default=None, help="Only this family (dit, unet, ...).")
-@click.option("--no-macs", is_flag=True, help="Skip counting MACs (faster for large models).")
+@click.option("--no-macs", is_flag=True, help="Leave the MACs column out.")
 def list_cmd(image_size, channels, family, no_macs):
-    """Print every preset: parameters and MACs per image."""
+    """Print every preset: parameters and MACs per image.
+
+    Counted from the architecture (`probe.models.counts`), no model is built: the figures equal
+    the built model's parameter count and torch's FLOP counter (tests check it). U-DiT's MACs are
+    its merged (published, inference) form's; `probe models show NAME` builds one preset.
+    """
+    from probe.errors import ProbeError
     from probe.models import zoo
 
     click.echo(f"{'name':22s} {'family':8s} {'params':>12s} {'MACs/image':>14s}  description")
@@ -118,13 +126,42 @@ def list_cmd(image_size, channels, family, no_macs):
             continue
         cfg = ModelConfig(arch=name, image_size=image_size, channels=int(channels))
         try:
-            model = zoo.build(cfg)
-        except Exception as exc:  # a preset that does not fit this image size
+            counts = zoo.count(cfg)
+        except ProbeError as exc:  # a preset that does not fit this image size
             click.echo(f"{name:22s} {p.family:8s} {'-':>12s} {'-':>14s}  ({exc})")
             continue
-        macs = "-" if no_macs else f"{zoo.macs_per_image(model, cfg):,}"
-        click.echo(f"{name:22s} {p.family:8s} {zoo.count_parameters(model):>12,} {macs:>14s}"
+        macs = "-" if no_macs else f"{counts.macs:,}"
+        click.echo(f"{name:22s} {p.family:8s} {counts.params:>12,} {macs:>14s}"
                    f"  {p.description}")
+
+
+@models.command("show")
+@click.argument("arch")
+@click.option("--image-size", type=click.IntRange(2), default=32)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="1")
+def show_cmd(arch, image_size, channels):
+    """Build one preset (shapes only, on torch's meta device) and print its parameters, MACs per
+    image (torch's FLOP counter) and hook points."""
+    from probe.models import zoo
+    from probe.models.hooks import hook_points
+
+    p = zoo.preset(arch)
+    cfg = ModelConfig(arch=arch, image_size=image_size, channels=int(channels))
+    model = zoo.build(cfg, device="meta")
+    inference = zoo.inference_form(model)
+    rows = [("name", arch), ("family", p.family), ("description", p.description),
+            ("input", f"{cfg.channels}x{image_size}x{image_size}"),
+            ("parameters", f"{zoo.count_parameters(model):,}")]
+    if inference is not model:
+        rows += [("merged parameters", f"{zoo.count_parameters(inference):,}"),
+                 ("MACs/image", f"{zoo.macs_per_image(inference, cfg):,} (merged model)"),
+                 ("training MACs", f"{zoo.macs_per_image(model, cfg):,} (over-parameterised "
+                                   "forward)")]
+    else:
+        rows.append(("MACs/image", f"{zoo.macs_per_image(model, cfg):,}"))
+    rows.append(("hook points", f"{len(hook_points(model))} (`probe models hooks {arch}`)"))
+    for key, value in rows:
+        click.echo(f"{key + ':':19s} {value}")
 
 
 @models.command("hooks")
@@ -136,7 +173,8 @@ def hooks_cmd(arch, image_size, channels):
     from probe.models import zoo
     from probe.models.hooks import hook_points
 
-    model = zoo.build(ModelConfig(arch=arch, image_size=image_size, channels=int(channels)))
+    model = zoo.build(ModelConfig(arch=arch, image_size=image_size, channels=int(channels)),
+                      device="meta")  # names only: no weights needed
     for name in hook_points(model):
         click.echo(name)
 

@@ -21,9 +21,11 @@ What makes it a U-DiT:
   release merges these branches into its own weights in place on every `.eval()`, so calling
   `.eval()` twice corrupts the model. Here every forward (train or eval) merges them out of place
   into temporaries where that is cheaper (see `FeedForward`), nothing is cached, and
-  `FeedForward.fused()` builds a merged copy. Parameter counts here are the trained (rep) ones;
-  the paper's 204M (U-DiT-B) and 810M (U-DiT-L) count the merged layers, which `rep=False`
-  reproduces exactly.
+  `FeedForward.fused()` builds a merged copy (`UDiT.merged()`: the whole model). Parameter
+  counts here are the trained (rep) ones; the paper's 204M (U-DiT-B) and 810M (U-DiT-L) count
+  the merged layers, which `rep=False` reproduces exactly. MACs in `probe models list` are the
+  merged model's too (U-DiT-S at 32x32x4: 6.02 G merged, paper 6.04 G; the training forward runs
+  6.83 G), so compute-matched comparisons with DiT are fair: see `probe.models.counts`.
 
 Parameter names follow the released `udit_models.py` (x_embedder.proj, t_embedder_1,
 encoder_level_1, attn1.to_qkv, attn1.logit_scale, mlp1.project_in, down1_2.body,
@@ -47,6 +49,7 @@ noise_cond [B], returns [B, C_out, H, W].
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -276,8 +279,9 @@ class FeedForward(nn.Module):
         """A new rep=False feed-forward computing the same function (self is left untouched)."""
         if not self.rep:
             return self
-        dim = self.project_in[0].in_channels
-        out = FeedForward(dim, 0, rep=False, hidden=self.hidden).to(self.project_in[0].weight)
+        dim, weight = self.project_in[0].in_channels, self.project_in[0].weight
+        with torch.device(weight.device):  # built in place: no CPU initialisation to throw away
+            out = FeedForward(dim, 0, rep=False, hidden=self.hidden).to(weight.dtype)
         for target, source in ((out.project_in, self.project_in),
                                (out.project_out, self.project_out)):
             weight, bias = series_weights(*source)
@@ -413,6 +417,16 @@ class UDiT(nn.Module):
 
     def blocks(self) -> list[UDiTBlock]:
         return [block for name in LEVELS for block in getattr(self, name)]
+
+    @torch.no_grad()
+    def merged(self) -> UDiT:
+        """A copy with every feed-forward merged (`FeedForward.fused`): the same function, in the
+        published inference form (the paper's parameter and MAC counts). Self is left untouched."""
+        out = copy.deepcopy(self)
+        for block in out.blocks():
+            for i in (1, 2):
+                setattr(block, f"mlp{i}", getattr(block, f"mlp{i}").fused())
+        return out
 
     def initialize_weights(self) -> None:
         def basic(module):

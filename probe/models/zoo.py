@@ -4,8 +4,9 @@ A preset is a family (dit, unet, bf-unet, udit, diffit) plus its size arguments.
 uses means what that paper says (its source is cited next to it); names of our own CPU-sized
 models (`dit-tiny`, `*-xs` outside the DiT family) cannot be confused with a paper's. DiT names
 are `dit-{tiny,xs,s,b,l,xl}/{1,2,4,8}` (the number is the patch size). Each family module
-exposes `build(cfg, **kwargs)`; it is imported only when a preset of that family is built, so
-listing presets stays cheap.
+exposes `build(cfg, **kwargs)`; it is imported only when a preset of that family is built, and
+this module imports torch only inside the functions that need it, so listing presets (`count`:
+parameters and MACs from `probe.models.counts`, no model built) needs neither.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from probe.config import ModelConfig, RunConfig
 from probe.errors import ProbeError
-from probe.models.attention import Partition, Window
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from probe.models.attention import Window
+    from probe.models.counts import Counts
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,8 @@ def _window(name: str, size: str, grid: tuple[int, int]) -> Window:
         if not 1 <= side <= max(grid):
             raise ProbeError(f"window {name}: partitions must be 1 to {max(grid)} tokens wide "
                              f"on the {grid[0]}x{grid[1]} token grid")
+        from probe.models.attention import Partition  # imports torch: only for a partition
+
         return Partition(side)
     side = int(size)
     if side < 1 or side % 2 == 0:
@@ -166,11 +172,20 @@ def window_layout(arch: str, image_size: int) -> tuple[int, tuple[int, int]]:
     return (depth if isinstance(depth, int) else 0), grid
 
 
-def build(cfg: ModelConfig) -> nn.Module:
+def build(cfg: ModelConfig, device: str | None = None) -> nn.Module:
+    """The backbone of `cfg`. device="meta" builds shapes only: no memory, no initialisation
+    (DiT-XL/2 in a fraction of a second instead of seconds and 2.7 GB), enough to validate a
+    configuration, count its operations or list its hook points."""
     p = preset(cfg.arch)
     module = importlib.import_module(FAMILIES[p.family])
     try:
-        return module.build(cfg, **p.kwargs)
+        if device is None:
+            return module.build(cfg, **p.kwargs)
+        import torch
+
+        with torch.device(device):
+            model = module.build(cfg, **p.kwargs)
+        return model.to(device)  # tensors made from numpy (sin-cos tables) start on the CPU
     except ValueError as exc:  # shape mismatches (image size vs patch, ...) are user errors
         raise ProbeError(f"{cfg.arch}: {exc}") from None
 
@@ -183,25 +198,47 @@ def build_denoiser(cfg: RunConfig) -> nn.Module:
                     cfg.model.image_size)
 
 
+def count(cfg: ModelConfig) -> Counts:
+    """Parameters and MACs per image of `cfg`'s preset without building it (`probe.models.counts`:
+    the figures `count_parameters(build(cfg))` and `macs_per_image(inference_form(...))` give)."""
+    from probe.models.counts import FAMILIES as COUNTERS
+
+    p = preset(cfg.arch)
+    try:
+        return COUNTERS[p.family](cfg, **p.kwargs)
+    except ValueError as exc:
+        raise ProbeError(f"{cfg.arch}: {exc}") from None
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """The model as inference runs and papers count it: U-DiT with its feed-forward branches merged
+    (`UDiT.merged()`); every other family as it is."""
+    merged = getattr(model, "merged", None)
+    return merged() if callable(merged) else model
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def macs_per_image(model: nn.Module, cfg: ModelConfig) -> int:
-    """Multiply-accumulates of one forward pass on one image, from torch's FLOP counter."""
+    """Multiply-accumulates of one forward pass of `model` on one image, from torch's FLOP counter
+    (on the model's device: a meta-device model is counted without computing anything)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from probe.models.attention import set_backend
 
-    x = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
-    labels = torch.zeros(1, dtype=torch.long) if cfg.num_classes else None
+    device = next(model.parameters()).device
+    x = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    labels = torch.zeros(1, dtype=torch.long, device=device) if cfg.num_classes else None
     counter = FlopCounterMode(display=False)
     # The counter has no formula for CPU fused attention (it would count 0): count the explicit
     # path, which does the same matmuls.
     previous = set_backend(model, "explicit")
     try:
         with counter, torch.no_grad():
-            model(x, torch.ones(1), labels)
+            model(x, torch.ones(1, device=device), labels)
     finally:
         set_backend(model, previous)
     return counter.get_total_flops() // 2
@@ -209,13 +246,14 @@ def macs_per_image(model: nn.Module, cfg: ModelConfig) -> int:
 
 # U-DiT (Tian et al. 2405.02730): C, heads, blocks per level (enc1, enc2, latent, dec2, dec1), each
 # block two attention + feed-forward sub-layers; S/B/L as released. XS is ours, for CPUs and tests.
+# Parameters are counted as trained (rep), MACs on the merged model (`UDiT.merged()`), as published.
 FAMILIES["udit"] = "probe.models.udit"
 UDIT_SIZES = {"xs": (32, 2, (1, 1, 1, 1, 1)), "s": (96, 4, (2, 5, 8, 5, 2)),
               "b": (192, 8, (2, 5, 8, 5, 2)), "l": (384, 16, (2, 5, 8, 5, 2))}
 for _size, (_width, _heads, _depth) in UDIT_SIZES.items():
     register(f"udit-{_size}", "udit",
              f"U-DiT-{_size.upper()}: C {_width}, heads {_heads}, "
-             f"blocks {'-'.join(map(str, _depth))}",
+             f"blocks {'-'.join(map(str, _depth))}; params as trained, MACs merged",
              width=_width, heads=_heads, depth=_depth)
 
 # DiffiT (Hatamizadeh et al. 2312.02139): image-space U (C, width multipliers, ResBlocks per level,
