@@ -4,7 +4,7 @@ Layout under the artifacts root (``--artifacts`` / ``PROBE_ARTIFACTS``, default 
 
     data/<data-key>/      images.npy, partition.npy, keys.txt, manifest.json, subsets.json
     runs/<run-id>/        config.json, subset.json, model.safetensors, ema.safetensors (its
-                          presence marks a finished run), stats.jsonl, samples.png,
+                          presence marks a finished run), stats.jsonl, samples.png, curves.png,
                           checkpoints/step-XXXXXXX/{model,ema}.safetensors + state.pt
     last-runs.json        the runs the latest `probe train-split` made (`--last`)
     probes/<run-id>/      attention.h5, jacobian.h5, generalization.h5, attribution.h5,
@@ -37,8 +37,8 @@ ENV_ROOT = "PROBE_ARTIFACTS"
 MANIFEST, IMAGES, PARTITION, KEYS, SUBSETS = (
     "manifest.json", "images.npy", "partition.npy", "keys.txt", "subsets.json")
 # runs/<id>/
-RUN_CONFIG, RUN_SUBSET, RUN_STATS, RUN_SAMPLES = (
-    "config.json", "subset.json", "stats.jsonl", "samples.png")
+RUN_CONFIG, RUN_SUBSET, RUN_STATS, RUN_SAMPLES, RUN_CURVES = (
+    "config.json", "subset.json", "stats.jsonl", "samples.png", "curves.png")
 MODEL_WEIGHTS, EMA_WEIGHTS, TRAINING_STATE = "model.safetensors", "ema.safetensors", "state.pt"
 CHECKPOINTS, CHECKPOINT_PREFIX = "checkpoints", "step-"
 LAST_RUNS = "last-runs.json"

@@ -124,28 +124,89 @@ class ModelConfig:
     windows: tuple[str, ...] = ()  # attention windows: "0-3:5", "all:p4", "an-default", ...
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one model is trained on one subset."""
+    """How one model is trained on one subset. The recipe fields (objective, lr, warm-up,
+    schedule, batch, EMA) default per model family: `RECIPES` below."""
 
     n: int = 1000
     split: str = "a"  # a | b
     objective: str = "ddpm"
-    steps: int = 2000
+    steps: int = 2000  # optimiser steps; `kimg` (images seen) sets them instead when given
+    kimg: float | None = None  # training budget in thousands of images seen: equal compute
+    # for every N of a sweep, whatever the batch
     batch: int = 64
     lr: float = 1e-4  # AdamW, DiT recipe
+    lr_warmup_kimg: float = 0.0  # linear ramp of the lr over the first images (EDM lr_rampup)
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last step, after warm-up)
     weight_decay: float = 0.0
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True  # EMA decay min(decay, (1 + step) / (10 + step)) early on
+    ema_halflife_kimg: float = 500.0  # EMA half-life in thousands of images (EDM's default)
+    ema_rampup: float | None = 0.05  # half-life at most this x images seen so far (EDM's
+    # ramp-up: a short run averages its last 5 %, a long one its last 500 kimg); None: no ramp
+    ema_decay: float | None = None  # a fixed per-step EMA decay instead (e.g. DiT's 0.9999)
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: bool = False  # keep every periodic checkpoint (training-image influence)
     log_every: int = 50
+    eval_every: int = 0  # steps between memorization curves in stats.jsonl (0: off)
+    eval_images: int = 64  # fixed training and held-out images of the curves
+    eval_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)  # noise levels of the curves, [-1, 1]
     sample_grid: int = 16  # images in the final sample grid (0: none)
     sample_steps: int = 50
     compile: str = "auto"  # auto (on CUDA) | on | off
     precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the run: from `kimg` when given, else `steps`."""
+        if self.kimg is None:
+            return self.steps
+        return max(1, math.ceil(self.kimg * 1000 / self.batch))
+
+
+RECIPE_FIELDS = ("objective", "lr", "lr_warmup_kimg", "lr_schedule", "batch",
+                 "ema_halflife_kimg", "ema_rampup", "ema_decay")
+
+# Per-family training defaults (a `train-split` option given on the command line wins). Source
+# next to each: a paper's published recipe, or a measurement made with this tool.
+RECIPES: dict[str, dict] = {
+    # Peebles & Xie (DiT): AdamW lr 1e-4, no weight decay, constant lr, EMA 0.9999 per step at
+    # batch 256, DDPM epsilon-prediction. The EMA is written as its half-life (0.9999 at batch
+    # 256 halves every ~1774 kimg) with EDM's ramp-up, so a short run is not an average of its
+    # first (blurry) steps. Batch 64 instead of 256: CPU-sized. On a CPU a DiT learns little in
+    # minutes (dit-tiny/2, 600 steps: samples are blobs; measured here).
+    "dit": {"objective": "ddpm", "lr": 1e-4, "lr_warmup_kimg": 0.0, "lr_schedule": "constant",
+            "batch": 64, "ema_halflife_kimg": 1774.0, "ema_rampup": 0.05, "ema_decay": None},
+    # U-DiT (Tian et al.) and DiffiT (Hatamizadeh et al.) train with DiT's recipe.
+    "udit": {"objective": "ddpm", "lr": 1e-4, "lr_warmup_kimg": 0.0, "lr_schedule": "constant",
+             "batch": 64, "ema_halflife_kimg": 1774.0, "ema_rampup": 0.05, "ema_decay": None},
+    "diffit": {"objective": "ddpm", "lr": 1e-4, "lr_warmup_kimg": 0.0,
+               "lr_schedule": "constant", "batch": 64, "ema_halflife_kimg": 1774.0,
+               "ema_rampup": 0.05, "ema_decay": None},
+    # Ho et al. (DDPM, CIFAR-10): lr 2e-4 after 5000 warm-up steps at batch 128 (640 kimg), EMA
+    # 0.9999 (half-life ~887 kimg at batch 128), epsilon-prediction.
+    "unet": {"objective": "ddpm", "lr": 2e-4, "lr_warmup_kimg": 640.0,
+             "lr_schedule": "constant", "batch": 64, "ema_halflife_kimg": 887.0,
+             "ema_rampup": 0.05, "ema_decay": None},
+    # Measured here (benchmarks/bench_recipes.py, MNIST 16x16, one CPU thread): bf-unet-xs with
+    # EDM preconditioning, lr 1e-3, batch 32, EDM's EMA (500 kimg, ramp-up 0.05) copies N = 10
+    # digits at full contrast (memorized fraction >= 0.9) and draws new digits at N = 1000 (PSNR
+    # gap ~0.1 dB) within 2000 steps, ~45 it/s. The blind objective of Kadkhodaie et al. on the
+    # same network samples faint (contrast 0.34 after 3000 steps): a bias-free network cannot
+    # set the brightness of a sample that starts at mean grey.
+    "bf-unet": {"objective": "edm", "lr": 1e-3, "lr_warmup_kimg": 0.0,
+                "lr_schedule": "constant", "batch": 32, "ema_halflife_kimg": 500.0,
+                "ema_rampup": 0.05, "ema_decay": None},
+}
+
+
+def recipe(family: str) -> dict:
+    """The training defaults of a model family (the DiT recipe for a family without one)."""
+    return dict(RECIPES.get(family, RECIPES["dit"]))
 
 
 @dataclass(frozen=True)
@@ -235,7 +296,8 @@ class AttributionConfig:
 
 # ------------------------------------------------------------------------------ generalization
 
-SAMPLER_CHOICES = ("ddim", "ddpm", "heun", "kadkhodaie")
+SAMPLER_CHOICES = ("auto", "ddim", "ddpm", "heun", "kadkhodaie")
+# `auto`: the sampler that fits the objective (measured: probe.diffusion.samplers.default_sampler)
 
 
 @dataclass(frozen=True)
@@ -243,7 +305,7 @@ class SampleConfig:
     """`probe sample`: images drawn from per-sample seeded noise (sample i uses (seed, i))."""
 
     n: int = 64
-    sampler: str = "ddim"  # ddim | ddpm | heun | kadkhodaie
+    sampler: str = "auto"  # auto (by objective) | ddim | ddpm | heun | kadkhodaie
     steps: int = 50  # kadkhodaie ignores it: it runs until its noise estimate is below sigma_inf
     seed: int = 0
     batch: int = 64
@@ -256,7 +318,7 @@ class GeneralizationConfig:
     sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # on the [-1, 1] scale
     images: int = 256  # fixed images per source (own training subset, held-out set) for PSNR
     samples: int = 256
-    sampler: str = "ddim"
+    sampler: str = "auto"  # auto: the sampler that fits the objective
     steps: int = 50
     seed: int = 0  # seeds the image choice, the PSNR noise and the samples (sample i: (seed, i))
     batch: int = 64

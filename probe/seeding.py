@@ -32,6 +32,7 @@ STREAMS = {
     "probe-images": 3,  # which images a probe takes, keys ()
     "influence-sample": 4,  # initial noise of an influence sample, keys (sample index,)
     "influence-loss": 5,  # the one noise draw every influence loss shares, keys ()
+    "recalibrate": 6,  # the noise of the training losses that re-estimate EMA norm statistics
 }
 
 

@@ -15,27 +15,31 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from probe import artifacts, checkpoints
+from probe import artifacts, checkpoints, seeding
 from probe.artifacts import Artifacts
 from probe.config import RunConfig, to_dict
-from probe.data.loader import StepBatches, to_uint8
+from probe.data.loader import StepBatches, gather, to_model_range, to_uint8
 from probe.data.prepare import Prepared, prepare
 from probe.data.subsets import max_n, subset_indices, write_subsets
 from probe.diffusion.losses import training_loss
-from probe.diffusion.samplers import sample_from_seeds
+from probe.diffusion.samplers import default_sampler, sample_from_seeds
 from probe.errors import ProbeError
 from probe.formats.images import save_grid
 from probe.models import zoo
 from probe.models.denoiser import Denoiser
+from probe.optim import ema_beta, lr_at, recalibrate_norms, update_ema
 from probe.progress import reporter
+from probe.seeding import fixed_noise
 
 CONFIG, STATS, SUBSET = artifacts.RUN_CONFIG, artifacts.RUN_STATS, artifacts.RUN_SUBSET
 
@@ -75,20 +79,6 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
-def ema_decay(cfg, step: int) -> float:
-    if not cfg.ema_warmup:
-        return cfg.ema_decay
-    return min(cfg.ema_decay, (1 + step) / (10 + step))
-
-
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
@@ -106,11 +96,44 @@ def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def sample_grid(denoiser: Denoiser, count: int, steps: int, seed: int, device) -> torch.Tensor:
-    """The end-of-training grid. DDPM models use the ancestral sampler: after a short CPU run
-    the deterministic ODE carries the large-sigma prediction error all the way down."""
-    name = "ddpm" if denoiser.objective == "ddpm" else "heun"
-    seeds = [seed * 1_000_003 + i for i in range(count)]
-    return sample_from_seeds(denoiser, seeds, name, steps, device=device)
+    """The end-of-training grid, drawn with the sampler that fits the objective
+    (probe.diffusion.samplers.default_sampler)."""
+    seeds = [(seed, i) for i in range(count)]
+    return sample_from_seeds(denoiser, seeds, default_sampler(denoiser.objective), steps,
+                             device=device)
+
+
+class EvalImages:
+    """Fixed training and held-out images and fixed noise for the memorization curves: the
+    denoising error at a few noise levels, on images the model trains on and on images it
+    never sees. Train error falling below test error is memorization showing."""
+
+    def __init__(self, images, train_rows, test_rows, cfg, device):
+        count = cfg.eval_images
+        self.rows = {"train": np.asarray(train_rows[:count], np.int64),
+                     "test": np.asarray(test_rows[:count], np.int64)}
+        self.clean = {k: to_model_range(gather(images, v)).to(device)
+                      for k, v in self.rows.items() if len(v)}
+        self.sigmas, self.seed = tuple(cfg.eval_sigmas), cfg.seed
+
+    @torch.no_grad()
+    def __call__(self, denoiser: Denoiser) -> dict:
+        was_training = denoiser.training
+        denoiser.eval()
+        out = {"eval_sigmas": list(self.sigmas)}
+        for source, x0 in self.clean.items():
+            mse = []
+            for si, sigma in enumerate(self.sigmas):
+                noise = torch.stack([fixed_noise(tuple(x0.shape[1:]), self.seed, int(r), si)
+                                     for r in self.rows[source]]).to(x0)
+                mse.append(float((denoiser(x0 + sigma * noise, sigma) - x0).pow(2).mean()))
+            out[f"eval_{source}_mse"] = mse
+        if len(self.clean) == 2:  # PSNR gap on the [-1, 1] scale (peak-to-peak 2)
+            gaps = [10 * math.log10(te / max(tr, 1e-20))
+                    for tr, te in zip(out["eval_train_mse"], out["eval_test_mse"])]
+            out["eval_psnr_gap"] = sum(gaps) / len(gaps)
+        denoiser.train(was_training)
+        return out
 
 
 def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path | None = None,
@@ -141,6 +164,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
             raise ProbeError(f"--resume {run_dir}: not a run directory (no {CONFIG})")
         _check_resume(run_dir, cfg)
     device = _device()
+    total = t.total_steps
     torch.manual_seed(t.seed)
     denoiser = zoo.build_denoiser(cfg).to(device)
     ema = copy.deepcopy(denoiser).requires_grad_(False).eval()
@@ -165,7 +189,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
         state = checkpoints.load_state(last)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-        if start >= t.steps and (run_dir / artifacts.EMA_WEIGHTS).is_file():
+        if start >= total and (run_dir / artifacts.EMA_WEIGHTS).is_file():
             log(f"{run_dir.name}: already trained ({start} steps)")
             return run_dir
         log(f"{run_dir.name}: resuming at step {start}")
@@ -191,10 +215,14 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
                  denoiser.schedule)
     bf16 = t.precision == "bf16" or (t.precision == "auto" and use_cuda)
 
-    bar = reporter(progress and rank == 0, start, t.steps, run_dir.name)  # on stderr
+    curves = EvalImages(images, indices, doc["test"], t, device) if t.eval_every else None
+    bar = reporter(progress and rank == 0, start, total, run_dir.name)  # on stderr
     tick, seen = time.perf_counter(), 0
-    for step in range(start, t.steps):
+    for step in range(start, total):
         torch.manual_seed(_step_seed(t.seed, step))
+        lr = lr_at(t, step, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         x0 = batches.batch(step).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = training_loss(model, x0)
@@ -202,24 +230,32 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(params, t.grad_clip) if t.grad_clip else None
         optimizer.step()
-        update_ema(ema, denoiser, ema_decay(t, step))
+        update_ema(ema, denoiser, ema_beta(t, step))
         seen += x0.shape[0] * world
         done_steps = step + 1
-        if rank == 0 and (done_steps % t.log_every == 0 or done_steps == t.steps):
+        if rank == 0 and (done_steps % t.log_every == 0 or done_steps == total):
             now = time.perf_counter()
-            record = {"step": done_steps, "loss": loss.item(), "lr": t.lr,
+            record = {"step": done_steps, "loss": loss.item(), "lr": lr,
                       "grad_norm": None if grad_norm is None else float(grad_norm),
                       "images_per_s": seen / max(now - tick, 1e-9)}
+            if curves is not None and (done_steps % t.eval_every == 0 or done_steps == total):
+                record.update(curves(denoiser))
             _append_stats(run_dir / STATS, record)
-            tick, seen = now, 0
+            tick, seen = time.perf_counter(), 0
             bar(done_steps, record["loss"], record["images_per_s"])
-        if rank == 0 and (done_steps % t.checkpoint_every == 0 or done_steps == t.steps):
+        elif rank == 0 and curves is not None and done_steps % t.eval_every == 0:
+            _append_stats(run_dir / STATS, {"step": done_steps, **curves(denoiser)})
+        if rank == 0 and (done_steps % t.checkpoint_every == 0 or done_steps == total):
             checkpoints.save_checkpoint(run_dir, done_steps, denoiser.backbone, ema.backbone,
                                         optimizer, metadata, t.keep_checkpoints)
     bar(None)
     if rank == 0:
-        final = {**metadata, "step": t.steps}
+        final = {**metadata, "step": total}
         checkpoints.save_weights(run_dir / artifacts.MODEL_WEIGHTS, denoiser.backbone, final)
+        # the EMA's batch-norm statistics, re-estimated with its own weights (probe.optim)
+        recalibrate_norms(ema, lambda i: batches.batch(total + i).to(device), training_loss,
+                          torch.Generator(device).manual_seed(seeding.state(t.seed,
+                                                                             "recalibrate")))
         if t.sample_grid:
             samples = sample_grid(ema, t.sample_grid, t.sample_steps, t.seed, device)
             save_grid(run_dir / artifacts.RUN_SAMPLES, to_uint8(samples))

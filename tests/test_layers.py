@@ -16,7 +16,7 @@ LAYERS = (
     ("probe.probes",),
     ("probe.metrics",),
     ("probe.runs",),
-    ("probe.train", "probe.baselines"),
+    ("probe.train", "probe.optim", "probe.baselines"),
     ("probe.diffusion",),
     ("probe.models",),
     ("probe.diffusion.schedules",),

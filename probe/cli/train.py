@@ -8,7 +8,15 @@ import click
 
 from probe.cli import cli
 from probe.cli.options import command_line, data_options, dry_run_option, print_config
-from probe.config import OBJECTIVES, ModelConfig, RunConfig, SubsetConfig, TrainConfig
+from probe.config import (
+    LR_SCHEDULES,
+    OBJECTIVES,
+    ModelConfig,
+    RunConfig,
+    SubsetConfig,
+    TrainConfig,
+    recipe,
+)
 
 _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
 
@@ -20,17 +28,33 @@ _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
 @click.option("--arch", default=_M.arch, help="Model preset (`probe models list`).")
 @click.option("--split", type=click.Choice(["a", "b", "both"]), default="a",
               help="Subset split: a (nested), b (disjoint twin) or both.")
-@click.option("--objective", type=click.Choice(OBJECTIVES), default=_T.objective)
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
+              help="Default: the family's recipe (probe.config.RECIPES), as are --batch, --lr, "
+                   "--lr-warmup-kimg, --lr-schedule and the EMA; --dry-run prints them.")
 @click.option("--window", "windows", multiple=True,
               help="Attention window LAYERS:SIZE (sliding, e.g. 0-3:5), LAYERS:pSIZE "
                    "(partitions), LAYERS:global, or a preset such as an-default "
                    "(`probe models windows`); repeatable, later ones win.")
 @click.option("--learn-sigma", is_flag=True, help="ddpm: also learn the variance.")
 @click.option("--steps", type=click.IntRange(1), default=_T.steps)
-@click.option("--batch", type=click.IntRange(1), default=_T.batch)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_T.lr)
+@click.option("--kimg", type=click.FloatRange(0, min_open=True), default=None,
+              help="Budget in thousands of images seen instead of --steps (the same compute "
+                   "for every N of a sweep, whatever the batch).")
+@click.option("--batch", type=click.IntRange(1), default=None)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--lr-warmup-kimg", type=click.FloatRange(0), default=None,
+              help="Linear lr ramp over the first thousands of images.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=None)
 @click.option("--weight-decay", type=click.FloatRange(0), default=_T.weight_decay)
-@click.option("--ema-decay", type=click.FloatRange(0, 1), default=_T.ema_decay)
+@click.option("--ema-halflife-kimg", type=click.FloatRange(0, min_open=True), default=None,
+              help="EMA half-life in thousands of images (EDM).")
+@click.option("--ema-rampup", type=click.FloatRange(0), default=None,
+              help="EMA half-life at most this x the images seen so far (EDM; 0: no ramp-up).")
+@click.option("--ema-decay", type=click.FloatRange(0, 1), default=None,
+              help="A fixed per-step EMA decay instead of the half-life (DiT: 0.9999).")
+@click.option("--eval-every", type=click.IntRange(0), default=_T.eval_every,
+              help="Steps between memorization curves (denoising error on fixed training and "
+                   "held-out images) in stats.jsonl and curves.png; 0: off.")
 @click.option("--grad-clip", type=click.FloatRange(0), default=_T.grad_clip,
               help="Clip the gradient norm (0: off).")
 @click.option("--seed", type=int, default=_T.seed, help="Model and training seed.")
@@ -53,7 +77,8 @@ _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
 @dry_run_option
 @click.pass_obj
 def train_split(store, ns, data_config, arch, split, objective, windows, learn_sigma, steps,
-                batch, lr, weight_decay, ema_decay, grad_clip, seed, subset_seed, test_size,
+                kimg, batch, lr, lr_warmup_kimg, lr_schedule, weight_decay, ema_halflife_kimg,
+                ema_rampup, ema_decay, eval_every, grad_clip, seed, subset_seed, test_size,
                 checkpoint_every, keep_checkpoints, log_every, sample_grid, compile_,
                 precision, resume, dry_run):
     """Train denoisers on nested subsets; prints `run: PATH` for each run."""
@@ -61,7 +86,14 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
     from probe.models import zoo
     from probe.train import resolve, train_run
 
-    zoo.preset(arch)  # unknown arch: one line, before any work
+    family = zoo.preset(arch).family  # unknown arch: one line, before any work
+    given = {"objective": objective, "batch": batch, "lr": lr, "lr_warmup_kimg": lr_warmup_kimg,
+             "lr_schedule": lr_schedule, "ema_halflife_kimg": ema_halflife_kimg,
+             "ema_rampup": None if ema_rampup == 0 else ema_rampup, "ema_decay": ema_decay}
+    chosen = recipe(family)
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    if ema_rampup == 0:
+        chosen["ema_rampup"] = None
     splits = ("a", "b") if split == "both" else (split,)
     if resume and (len(ns) > 1 or len(splits) > 1):
         raise click.UsageError("--resume continues one run: give one --n and one --split")
@@ -74,8 +106,8 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
                                      test_size=test_size),
                 model=dataclasses.replace(_M, arch=arch, learn_sigma=learn_sigma,
                                           windows=tuple(windows)),
-                train=TrainConfig(n=n, split=s, objective=objective, steps=steps, batch=batch,
-                                  lr=lr, weight_decay=weight_decay, ema_decay=ema_decay,
+                train=TrainConfig(n=n, split=s, steps=steps, kimg=kimg, **chosen,
+                                  weight_decay=weight_decay, eval_every=eval_every,
                                   grad_clip=grad_clip, seed=seed,
                                   checkpoint_every=checkpoint_every,
                                   keep_checkpoints=keep_checkpoints, log_every=log_every,
@@ -90,11 +122,13 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
         for c in resolved:
             print_config(c)
         return
+    from probe.report.training_figures import curves_figure
     from probe.runs import record_last
 
     run_dirs = []
     for c in resolved:
         run_dirs.append(train_run(c, store, command_line(), resume=resume))
+        curves_figure(run_dirs[-1])
         click.echo(f"run: {run_dirs[-1]}")
     record_last(store, run_dirs)
     return run_dirs

@@ -233,15 +233,38 @@ SAMPLERS["kadkhodaie"] = kadkhodaie
 STOCHASTIC = ("ddpm", "kadkhodaie")  # samplers that take `step_noise`
 
 
+# The sampler `auto` picks per objective, measured on short CPU runs (bf-unet-xs, MNIST 16x16):
+# - ddpm: DDPM's ancestral sampler. The deterministic ODE (ddim) carries a short run's
+#   large-sigma epsilon error all the way down: a few samples diverge.
+# - edm: the ancestral sampler on EDM's noise levels. On a run that memorized N = 10 digits it
+#   reproduces them at 30.4 dB against 26.8 dB for Heun (contrast 0.97 both).
+# - blind: Kadkhodaie et al.'s stochastic ascent, the sampler of the objective's own paper
+#   (bias-free blind models sample faint with any sampler started at mean grey: contrast
+#   0.81 with the ascent, 0.34 with Heun; train them with `edm` for full contrast).
+DEFAULT_SAMPLERS = {"ddpm": "ddpm", "edm": "ddpm", "blind": "kadkhodaie"}
+
+
+def default_sampler(objective: str) -> str:
+    return DEFAULT_SAMPLERS.get(objective, "heun")
+
+
+def resolve_sampler(name: str, denoiser) -> str:
+    """`auto` -> the sampler that fits the denoiser's objective; any other name unchanged."""
+    return default_sampler(getattr(denoiser, "objective", "")) if name == "auto" else name
+
+
 def sampler_sigmas(name: str, denoiser, steps: int) -> torch.Tensor:
     """The noise levels `name` walks for this denoiser (`steps` is unused by kadkhodaie)."""
+    name = resolve_sampler(name, denoiser)
     return kadkhodaie_sigmas() if name == "kadkhodaie" else default_sigmas(denoiser, steps)
 
 
 def sample_from_seeds(denoiser, seeds, name: str = "ddim", steps: int = 50,
                       class_labels=None, callback: Callback = None, sigmas=None, device=None,
                       **kwargs) -> torch.Tensor:
-    """Draw one sample per seed with sampler `name`: initial and injected noise per seed."""
+    """Draw one sample per seed with sampler `name` (`auto`: the one that fits the objective):
+    initial and injected noise per seed."""
+    name = resolve_sampler(name, denoiser)
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     shape = (denoiser.channels, denoiser.image_size, denoiser.image_size)
