@@ -3,7 +3,8 @@
 One process, one batch of 32x32x1 images; each case is a full training step (DDPM loss,
 backward, AdamW). Cases are timed in interleaved rounds so a busy machine slows all alike; the
 table reports each preset's median step time, its MACs per image (torch's FLOP counter on the
-explicit attention path) and its step time relative to the DiT of similar MACs.
+attention path training runs: U-DiT's over-parameterised forward, DiffiT's partitions) and its
+step time relative to the DiT of similar MACs.
 """
 
 from __future__ import annotations

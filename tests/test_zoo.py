@@ -14,9 +14,10 @@ from probe.cli import cli
 from probe.config import ModelConfig
 from probe.errors import ProbeError
 from probe.models import zoo
+from probe.models.attention import set_backend
 from probe.models.hooks import hook_points
 
-SMALL = ("dit-xs/2", "unet-xs", "bf-unet-xs", "udit-xs", "diffit-xs", "diffit-latent-xs")
+SMALL = ("dit-tiny/2", "unet-xs", "bf-unet-xs", "udit-xs", "diffit-xs", "diffit-latent-xs")
 
 
 def _reference(cfg: ModelConfig, device: str | None = None) -> tuple[int, int]:
@@ -59,6 +60,20 @@ def test_counts_reject_exactly_the_sizes_build_rejects(size):
                 zoo.count(cfg)
         else:
             zoo.count(cfg)
+
+
+def test_partitioned_attention_costs_its_partitions():
+    """diffit-xs attends within 4x4 partitions: the counted forward (the fused path training runs)
+    scores 16 keys per query, the explicit probing path the whole grid."""
+    cfg = ModelConfig(arch="diffit-xs", image_size=32)
+    model = zoo.build(cfg, device="meta")
+    fused = zoo.macs_per_image(model, cfg)
+    set_backend(model, "explicit")
+    # (side, width, layers) of its three levels: 2 * L * width * (L - 16) more for each layer
+    extra = sum(2 * side**2 * width * (side**2 - 16) * layers
+                for side, width, layers in ((32, 32, 2), (16, 64, 2), (8, 64, 1)))
+    assert zoo.macs_per_image(model, cfg) - fused == extra
+    assert fused == zoo.count(cfg).macs
 
 
 def test_udit_s_merged_macs_match_the_paper():

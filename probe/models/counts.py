@@ -13,8 +13,11 @@ follow fails those tests instead of printing a wrong figure.
 
 What is counted (FlopCounterMode's convention, halved: one multiply-accumulate = 2 FLOPs):
 - every matmul-like op: linear layers, convolutions (k*k*C_in/groups*C_out per output pixel;
-  a transposed conv per input pixel), and both attention products with the softmax materialised
-  (q k^T and P v: 2 * queries * keys * width), at batch 1, including the conditioning MLPs;
+  a transposed conv per input pixel), and both attention products (q k^T and P v:
+  2 * queries * keys * width), at batch 1, including the conditioning MLPs;
+- attention as training and sampling run it: a layer that attends within p x p partitions
+  (DiffiT's image presets) costs 2 * L * p^2 * width (its padded partitions when p does not
+  divide the grid), not the full grid that the explicit probing path materialises;
 - nothing elementwise: norms, activations, modulation, softmax, RoPE, biases and embedding
   look-ups cost 0. (Counters that charge elementwise multiplies, such as torchprofile, read
   0.2-0.4 % higher on U-DiT.)
@@ -25,11 +28,13 @@ What is counted (FlopCounterMode's convention, halved: one multiply-accumulate =
   6.83 G. torchprofile, the counter of the U-DiT release, gives 6.047 G on the same merged model:
   the same 6.021 G of matmuls plus 26 M elementwise multiplies.
 
-Windows (`cfg.windows`) are not read: they mask scores, and the explicit path computes them all.
+`cfg.windows` is not read: the figures are the presets' own layouts (global attention, or the
+partitions a DiffiT image preset names).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 FREQUENCIES = 256  # sinusoidal features in front of every timestep MLP (DiT/ADM)
@@ -289,20 +294,28 @@ def diffit(cfg, kind: str, width: int, heads: int, **kwargs) -> Counts:
     raise ValueError(f"unknown DiffiT kind {kind!r}")
 
 
-def _tmsa_block(t: Tally, d: int, temb: int, heads: int, side: int, mlp_ratio: float) -> None:
-    """DiffiTBlock: TMSA (qkv from the tokens and from the time token, relative position bias
-    table of (2g-1)^2 entries per head) then the MLP; its layer norms have no weights."""
+def _tmsa_block(t: Tally, d: int, temb: int, heads: int, side: int, mlp_ratio: float,
+                partition: int = 0) -> None:
+    """DiffiTBlock: TMSA (qkv from the tokens and from the time token, a relative position bias
+    table of (2e-1)^2 entries per head, e = the grid's side or the partition's) then the MLP; its
+    layer norms have no weights. A partition as wide as the grid is global attention."""
     tokens = side * side
     t.linear(d, 3 * d, tokens)
     t.linear(temb, 3 * d)
-    t.weights((2 * side - 1) ** 2 * heads)
-    t.attention(tokens, tokens, d)
+    if partition and partition < side:
+        cells = math.ceil(side / partition) ** 2  # the grid padded to whole partitions
+        t.weights((2 * partition - 1) ** 2 * heads)
+        t.attention(partition**2, partition**2, d, groups=cells)
+    else:
+        t.weights((2 * side - 1) ** 2 * heads)
+        t.attention(tokens, tokens, d)
     t.linear(d, d, tokens)
     t.mlp(d, int(d * mlp_ratio), tokens)
 
 
 def _diffit_image(cfg, width: int, heads: int, mults: tuple[int, ...], blocks: tuple[int, ...],
-                  mlp_ratio: float = 4.0, temb_mult: int = 4, norm_groups: int = 32) -> Counts:
+                  mlp_ratio: float = 4.0, temb_mult: int = 4, norm_groups: int = 32,
+                  partition: int = 0) -> Counts:
     levels, size = len(mults), cfg.image_size
     _check_divisible(size, 2 ** (levels - 1), f"{levels} levels")
     widths = [width * m for m in mults]
@@ -313,7 +326,7 @@ def _diffit_image(cfg, width: int, heads: int, mults: tuple[int, ...], blocks: t
         d, side = widths[lv], size >> lv
         t.weights(2 * d)
         t.conv(d, d, side * side, 3)
-        _tmsa_block(t, d, temb, heads, side, mlp_ratio)
+        _tmsa_block(t, d, temb, heads, side, mlp_ratio, partition)
 
     t.timestep(temb)
     t.labels(cfg, temb)

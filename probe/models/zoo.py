@@ -222,25 +222,26 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def macs_per_image(model: nn.Module, cfg: ModelConfig) -> int:
-    """Multiply-accumulates of one forward pass of `model` on one image, from torch's FLOP counter
-    (on the model's device: a meta-device model is counted without computing anything)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """Multiply-accumulates of one forward pass of `model` on one image, from torch's FLOP counter.
 
-    from probe.models.attention import set_backend
+    The forward runs as training and sampling run it (fused or block-sparse attention), so a
+    layer that attends within partitions costs its partitions, not the full [query, key] grid the
+    explicit (probing) path materialises. On the model's device: a meta-device model is counted
+    without computing anything (there SDPA runs as plain matmuls, which the counter sees).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     device = next(model.parameters()).device
     x = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size, device=device)
     labels = torch.zeros(1, dtype=torch.long, device=device) if cfg.num_classes else None
-    counter = FlopCounterMode(display=False)
-    # The counter has no formula for CPU fused attention (it would count 0): count the explicit
-    # path, which does the same matmuls.
-    previous = set_backend(model, "explicit")
-    try:
-        with counter, torch.no_grad():
-            model(x, torch.ones(1, device=device), labels)
-    finally:
-        set_backend(model, previous)
+    # The counter has no formula for the CPU flash-attention kernel (it would count 0): give it
+    # the one it has for the CUDA kernels.
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                lambda q, k, v, *args, **kwargs: sdpa_flop_count(q, k, v)}
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_sdpa)
+    with counter, torch.no_grad():
+        model(x, torch.ones(1, device=device), labels)
     return counter.get_total_flops() // 2
 
 
