@@ -14,8 +14,9 @@ skips finished training runs and finished probe outputs.
     run = ["attention-locality", "@runs"]   # @runs: every run trained by earlier steps
 
 `${name}` is replaced from [vars]; an argument "@runs" expands to the run directories that the
-`train-split` steps returned. Steps run in this process through the CLI's own commands, so a
-step fails exactly as the command would (one line), prefixed with its step number.
+`train-split` steps returned, "@runs:K" to those of step K alone. Steps run in this process
+through the CLI's own commands, so a step fails exactly as the command would (one line),
+prefixed with its step number.
 """
 
 from __future__ import annotations
@@ -44,13 +45,21 @@ def load(path: str | Path) -> dict:
     return doc
 
 
-def expand(args: list[str], variables: dict[str, str], runs: list[str]) -> list[str]:
+def expand(args: list[str], variables: dict[str, str], runs: dict[int, list[str]]
+           ) -> list[str]:
+    """`args` with ${var} substituted and @runs / @runs:K replaced by run directories (`runs`:
+    step number -> the runs it trained)."""
     out = []
     for arg in args:
-        if arg == "@runs":
-            if not runs:
-                raise ProbeError("@runs used before any train-split step produced a run")
-            out += runs
+        if arg == "@runs" or str(arg).startswith("@runs:"):
+            step = str(arg)[6:]
+            if step and not step.isdigit():
+                raise ProbeError(f"{arg}: expected @runs or @runs:STEP")
+            chosen = runs.get(int(step), []) if step else \
+                list(dict.fromkeys(r for done in runs.values() for r in done))
+            if not chosen:
+                raise ProbeError(f"{arg} used before a train-split step produced a run")
+            out += chosen
             continue
 
         def sub(match):
@@ -87,19 +96,19 @@ def run_experiment(path: str | Path, artifacts_root: str, overrides: dict[str, s
         raise ProbeError(f"--set {sorted(unknown)[0]}: not a variable of {path} "
                          f"(has {', '.join(variables) or 'none'})")
     variables.update(overrides)
-    runs: list[str] = []
+    runs: dict[int, list[str]] = {}
     for i, step in enumerate(doc["step"], 1):
         args = expand(step["run"], variables, runs)
         echo(f"[{i}/{len(doc['step'])}] $ probe --artifacts {artifacts_root} "
              + " ".join(shlex.quote(a) for a in args))
         if dry_run:
             if args[0] == "train-split":
-                runs.append(f"<runs of step {i}>")
+                runs[i] = [f"<runs of step {i}>"]
             continue
         try:
             result = run_command(["--artifacts", artifacts_root, *args])
         except ProbeError as exc:
             raise ProbeError(f"step {i} ({args[0]}): {exc}") from None
         if args[0] == "train-split" and result:
-            runs += [str(r) for r in result if str(r) not in runs]
-    return runs
+            runs[i] = [str(r) for r in result]
+    return list(dict.fromkeys(r for done in runs.values() for r in done))

@@ -26,7 +26,7 @@ from probe import artifacts  # noqa: E402
 from probe.artifacts import Artifacts  # noqa: E402
 from probe.formats.h5 import attr_n  # noqa: E402
 from probe.metrics.tables import read_table  # noqa: E402
-from probe.report.save import save_figure_png  # noqa: E402
+from probe.report.save import save_figure_png, slug  # noqa: E402
 
 H5, TABLE = artifacts.GENERALIZATION_H5, artifacts.GENERALIZATION_TABLE
 
@@ -34,6 +34,11 @@ H5, TABLE = artifacts.GENERALIZATION_H5, artifacts.GENERALIZATION_TABLE
 def _h5_paths(store: Artifacts, runs) -> dict[str, Path]:
     paths = {run: store.probe_dir(run) / H5 for run in runs}
     return {run: p for run, p in paths.items() if p.is_file()}
+
+
+def _arch(path: Path) -> str:
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("arch", ""))
 
 
 def _pairs(paths: dict[str, Path]) -> list[tuple[str, str, int]]:
@@ -91,8 +96,10 @@ def sample_pairs_figure(store: Artifacts, runs, path: Path, count: int = 8) -> P
             else:
                 ax.axis("off")
         axes[i, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
-    fig.suptitle("Same noise, models trained on disjoint sets: samples and nearest training "
-                 "images", fontsize=8)
+    with h5py.File(paths[pairs[0][0]], "r") as f:
+        arch = str(f.attrs.get("arch", ""))
+    fig.suptitle(f"{arch}: same noise, models a and b trained on disjoint sets of N images; "
+                 "each sample above its nearest training image", fontsize=8)
     return save_figure_png(fig, path)
 
 
@@ -184,8 +191,14 @@ def draw_all(store: Artifacts, runs=None) -> list[Path]:
         table = table[table.run.isin(list(runs))]
     runs = sorted(table.run.unique())
     out = store.figures_dir
-    drawn = [
-        sample_pairs_figure(store, runs, out / "generalization-sample-pairs.png"),
+    by_arch: dict[str, list[str]] = {}
+    for run, path in _h5_paths(store, runs).items():
+        by_arch.setdefault(_arch(path), []).append(run)
+    drawn = [sample_pairs_figure(store, arch_runs, out / (
+        "generalization-sample-pairs.png" if len(by_arch) == 1
+        else f"generalization-sample-pairs_{slug(arch)}.png"))
+        for arch, arch_runs in sorted(by_arch.items())]
+    drawn += [
         similarity_histograms_figure(store, runs, out / "generalization-similarity.png"),
         psnr_gap_vs_sigma_figure(table, out / "generalization-psnr-gap-vs-sigma.png"),
         psnr_gap_vs_n_figure(table, out / "generalization-psnr-gap-vs-n.png"),
