@@ -216,6 +216,10 @@ def test_other_zoo_families_with_attention(tmp_path, arch, size):
             assert maps.shape[-1] == la["grid"].tokens
             assert np.allclose(maps.sum(-1), 1, atol=1e-2)
     assert set(table_from_file(path)["layer"]) == set(range(len(layers)))
+    if arch == "diffit-xs":  # 4x4 partitions wherever the grid is larger, global elsewhere
+        assert [la["partition"] for la in layers] == [4 if la["grid"].height > 4 else 0
+                                                      for la in layers]
+        assert attrs["partitions"] == [la["partition"] for la in layers]
 
 
 def test_several_runs_figures_by_n_and_the_gap_correlation(tmp_path, monkeypatch):
