@@ -34,7 +34,7 @@ from probe.models.denoiser import Denoiser
 from probe.models.hooks import capture
 from probe.probes import attention as probe
 from probe.seeding import fixed_noise
-from tests.helpers import FakeRun, probe_one
+from tests.helpers import FakeRun, assert_one_line_error, probe_one
 
 SIGMAS = (0.5, 2.0)
 
@@ -73,15 +73,6 @@ def datasets(path: Path) -> dict[str, np.ndarray]:
         f.visititems(lambda name, obj: out.__setitem__(name, obj[...])
                      if isinstance(obj, h5py.Dataset) else None)
     return out
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # ------------------------------------------------------------------ capture and the file

@@ -16,6 +16,7 @@ from probe.artifacts import Artifacts, read_json
 from probe.cli import cli
 from probe.probes.protocol import Probe
 from probe.runs import Run, load_run
+from tests.helpers import assert_one_line_error
 
 TINY = ["--dataset", "digits", "--size", "8", "--arch", "dit-tiny/4", "--steps", "2",
         "--batch", "4", "--test-size", "16", "--sample-grid", "0", "--checkpoint-every", "100"]
@@ -23,14 +24,6 @@ TINY = ["--dataset", "digits", "--size", "8", "--arch", "dit-tiny/4", "--steps",
 
 def invoke(root: Path, *args):
     return CliRunner().invoke(cli, ["--artifacts", str(root), *args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope="module")
