@@ -25,6 +25,8 @@ another target already ran finds the finished run and returns it at once.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 from probe import artifacts
@@ -117,3 +119,44 @@ def listing(directory: Path = TARGETS_DIR) -> list[dict]:
         rows.append({"name": name, "paper": doc.get("paper", ""), "shows": doc.get("shows", ""),
                      **{f"{s}_minutes": scales.get(s, {}).get("minutes", "?") for s in SCALES}})
     return rows
+
+
+TABLES = (artifacts.GENERALIZATION_TABLE, artifacts.BASIS_TABLE, artifacts.LOCALITY_TABLE,
+          artifacts.ATTRIBUTION_TABLE)
+
+
+def commit_of(directory: Path = TARGETS_DIR) -> str:
+    """The git commit the code ran at ("" outside a checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def publish(name: str, store: Artifacts, runs: dict[str, dict], verdict, out: Path,
+            since: float, record: dict) -> Path:
+    """docs/results/<target>/: its rows of every table (CSV), the figures drawn since `since`
+    (this target's), and verdict.json (the check, its numbers, the command, commit and wall
+    time in `record`)."""
+    from probe.metrics.tables import read_table
+
+    folder = Path(out) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for table in TABLES:
+        df = read_table(store.table(table))
+        if df is not None and "run" in df.columns:
+            mine = df[df["run"].isin(list(runs))]
+            if len(mine):
+                artifacts.write_text(folder / f"{table}.csv", mine.to_csv(index=False))
+    figures = store.figures_dir
+    for path in sorted(figures.rglob("*.png")) if figures.is_dir() else []:
+        if path.stat().st_mtime >= since:
+            target = folder / "figures" / path.relative_to(figures)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    artifacts.write_json(folder / "verdict.json", {
+        "target": name, "holds": verdict.ok, "reason": verdict.reason,
+        "numbers": verdict.numbers, "runs": sorted(runs), **record})
+    return folder

@@ -3,6 +3,8 @@ cut-down target runs end to end and its check reads its tables."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -60,11 +62,17 @@ def test_a_cut_down_target_runs_end_to_end_and_is_checked(tmp_path):
     assert "eigenvalues above 1/2" in verdict.reason
     assert verdict.numbers["sigma"] == pytest.approx(0.02)
     # the CLI reruns it at once (the run is finished) and reports the verdict's line
-    args = ["kadkhodaie-disks", "--check", *(f"--set={k}={v}" for k, v in small.items())]
+    docs = tmp_path / "docs"
+    args = ["kadkhodaie-disks", "--check", "--publish", str(docs),
+            *(f"--set={k}={v}" for k, v in small.items())]
     result = invoke(tmp_path, *args)
     assert result.exit_code in (0, 1) and "check " in result.stdout, result.stderr
     if result.exit_code == 1:
         assert result.stderr.splitlines()[-1].startswith("error: kadkhodaie-disks: ")
+    published = json.loads((docs / "kadkhodaie-disks" / "verdict.json").read_text())
+    assert published["runs"] == sorted(runs) and published["scale"] == "laptop"
+    assert published["command"].startswith("probe") and published["wall_s"] >= 0
+    assert (docs / "kadkhodaie-disks" / "basis.csv").is_file()
 
 
 def test_checks_hold_and_fail_on_tables_with_known_answers(tmp_path):

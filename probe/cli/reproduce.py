@@ -20,11 +20,18 @@ from probe.cli import cli
 @click.option("--check", is_flag=True,
               help="After running, test the target's expectation on its tables; exit 1 with "
                    "a one-line reason when it does not hold.")
+@click.option("--publish", type=click.Path(file_okay=False), default=None,
+              help="With --check: copy the target's tables, figures and verdict (with the "
+                   "command, commit and wall time) into DIR/NAME (docs/results).")
 @click.option("--dry-run", is_flag=True, help="Print the commands and stop.")
 @click.pass_obj
-def reproduce_cmd(store, name, list_, scale, overrides, check, dry_run):
+def reproduce_cmd(store, name, list_, scale, overrides, check, publish, dry_run):
     """Run target NAME (`--list` shows them) at a scale, reusing runs other targets trained."""
-    from probe.reproduce import check_target, listing, run_target
+    import time
+
+    from probe.cli.options import command_line
+    from probe.reproduce import check_target, commit_of, listing, run_target
+    from probe.reproduce import publish as publish_results
 
     if list_:
         rows = listing()
@@ -43,11 +50,17 @@ def reproduce_cmd(store, name, list_, scale, overrides, check, dry_run):
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
         pairs[key.strip()] = value.strip()
+    start = time.time()
     runs = run_target(name, store, scale, pairs, dry_run=dry_run, echo=click.echo)
     if dry_run or not check:
         return
     verdict = check_target(name, store, runs)
     click.echo(f"check {'holds' if verdict.ok else 'FAILS'}: {verdict.reason}")
+    if publish:
+        folder = publish_results(name, store, runs, verdict, publish, start, {
+            "scale": scale, "command": command_line(), "commit": commit_of(),
+            "wall_s": round(time.time() - start, 1)})
+        click.echo(f"published: {folder}")
     if not verdict.ok:
         click.echo(f"error: {name}: {verdict.reason}", err=True)
         sys.exit(1)
