@@ -96,8 +96,9 @@ def test_trained_and_outside_runs_satisfy_the_run_protocol(trained):
 
 @pytest.fixture(scope="module")
 def dit_folder(tmp_path_factory):
-    """A diffusers DiTTransformer2DModel saved with save_pretrained (random weights)."""
-    from diffusers import DiTTransformer2DModel
+    """A diffusers DiTTransformer2DModel saved with save_pretrained (random weights), its
+    scheduler config beside it."""
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
     model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1,
@@ -105,6 +106,7 @@ def dit_folder(tmp_path_factory):
                                   norm_num_groups=1, num_embeds_ada_norm=10)
     folder = tmp_path_factory.mktemp("diffusers") / "my-dit"
     model.save_pretrained(folder)
+    DDPMScheduler().save_pretrained(folder)
     return folder
 
 
