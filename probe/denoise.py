@@ -39,8 +39,9 @@ class Denoised:
     psnr_denoised: float | None = None
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """[H, W, C] float32 on [0, 1] from a PNG/JPEG or a `.npy` (one line when it is neither)."""
+def read_image(path: str | Path, noisy: bool = False) -> np.ndarray:
+    """[H, W, C] float32 on [0, 1] from a PNG/JPEG or a `.npy` (one line when it is neither).
+    A noisy `.npy` may leave [0, 1] (noise does); a clean one may not."""
     path = Path(path)
     if not path.is_file():
         raise ProbeError(f"{path}: no such image")
@@ -55,8 +56,11 @@ def read_image(path: str | Path) -> np.ndarray:
                 array.dtype, np.floating):
             raise ProbeError(f"{path}: a .npy image is a float array HxW or HxWxC (C = 1 or 3),"
                              f" got {array.dtype} {array.shape}")
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ProbeError(f"{path}: .npy values must lie in [0, 1]")
+        if not np.isfinite(array).all():
+            raise ProbeError(f"{path}: .npy values must be finite")
+        if not noisy and (array.min() < 0 or array.max() > 1):
+            raise ProbeError(f"{path}: .npy values of a clean image must lie in [0, 1] "
+                             "(use --noisy for an image that already holds its noise)")
         return array.astype(np.float32)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ProbeError(f"{path}: not a PNG, JPEG or .npy image")
@@ -98,7 +102,7 @@ def denoise_images(denoiser, paths: list[str | Path], *, channels: int,
         raise ProbeError("this model takes its noise level: give --sigma with --noisy")
     out = []
     for index, path in enumerate(paths):
-        image = to_channels(read_image(path), channels)
+        image = to_channels(read_image(path, noisy), channels)
         if image_size is not None and image.shape[:2] != (image_size, image_size):
             raise ProbeError(f"{path} is {image.shape[1]}x{image.shape[0]}; the model takes "
                              f"{image_size}x{image_size} images")

@@ -178,6 +178,8 @@ def load_model_run(spec: ModelSpec | str, data_config: DataConfig | None, store:
     name = Path(str(spec.path).split(":")[0]).name
     data_config = _fit_data(model, data_config, name)
     prepared = prepare(data_config, store, command)
+    if getattr(model.denoiser, "image_size", 0) is None:  # a convolutional model: samplers
+        model.denoiser.image_size = int(prepared.manifest["size"])  # draw the data's size
     test = probe_rows(prepared)
     train, train_prepared = np.zeros(0, np.int64), None
     if train_data:

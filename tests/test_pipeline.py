@@ -144,3 +144,26 @@ def test_metrics_that_need_training_images_refuse_outside_models(dit_folder, tmp
     result = invoke(tmp_path, command, "--diffusers", str(dit_folder), *OUTSIDE, *extra)
     assert_one_line_error(result, needs, "training images", "trained elsewhere")
     assert not (tmp_path / "probes").exists()
+
+
+def test_a_run_given_as_model_is_the_run_itself(trained, tmp_path):
+    """`--model RUN_DIR` is format probe-run: the same Run as naming the directory, and
+    `probe denoise` works on it with sigma on the [0, 1] scale (2 sigma on the run's own)."""
+    import numpy as np
+
+    run_dir = next((trained / "runs").iterdir())
+    store = Artifacts.at(trained)
+    (run,) = pipeline.load_runs([], store, models=[str(run_dir)])
+    assert run.run_id == run_dir.name and run.provenance()["format"] == "probe-run"
+    image = tmp_path / "digit.npy"
+    pixels = (run.images(run.test_indices[:1])[0, 0].numpy() + 1) / 2
+    np.save(image, pixels.astype(np.float32))
+    result = invoke(trained, "denoise", "--model", str(run_dir), "--sigma", "0.1",
+                    str(image), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.stderr
+    noisy = np.load(tmp_path / "out" / "digit.noisy.npy")[..., 0]
+    assert 0.05 < float(np.std(noisy - pixels)) < 0.15
+    with torch.no_grad():
+        want = (run.denoiser(torch.from_numpy(2 * noisy - 1)[None, None], 0.2) + 1) / 2
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "digit.denoised.npy")[..., 0],
+                               want[0, 0].numpy(), atol=1e-6)
