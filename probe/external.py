@@ -43,7 +43,7 @@ import pickle
 import re
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -81,6 +81,7 @@ class LoadedModel:
     channels: int
     image_size: int | None  # None: any size (fully convolutional)
     objective: str
+    details: dict = field(default_factory=dict)  # more provenance (diffusers: the schedule)
 
 
 def parse_value_range(text: str | None) -> tuple[float, float] | None:
@@ -294,7 +295,8 @@ def _diffusers(path: Path, spec: ModelSpec) -> LoadedModel:
                                  info["image_size"])
     arch = f"diffusers:{info['class_name']}"
     return _finish(denoiser, arch, "diffusers", info["weights"], native, info["channels"],
-                   info["image_size"], extra=f"{schedule.name}/{prediction}")
+                   info["image_size"], {"schedule": schedule.name or "trained_betas",
+                                        "prediction_type": prediction})
 
 
 def _python(path: str, spec: ModelSpec) -> LoadedModel:
@@ -336,13 +338,12 @@ def _python(path: str, spec: ModelSpec) -> LoadedModel:
                    tuple(spec.value_range), channels, int(size) if size else None)
 
 
-def _finish(denoiser, arch, fmt, weights, native, channels, size, extra: str = ""):
+def _finish(denoiser, arch, fmt, weights, native, channels, size, details: dict | None = None):
     denoiser.eval().requires_grad_(False)
-    if extra:
-        arch = f"{arch}[{extra}]"
     weights = Path(weights)
     return LoadedModel(denoiser, arch, fmt, weights, artifacts.sha256_file(weights),
-                       tuple(float(v) for v in native), channels, size, denoiser.objective)
+                       tuple(float(v) for v in native), channels, size, denoiser.objective,
+                       details or {})
 
 
 LOADERS = {"diffusers": _diffusers, "mohan2020": _mohan, "kadkhodaie-unet": _kadkhodaie_unet,

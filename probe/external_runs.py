@@ -118,7 +118,7 @@ class OutsideRun:
                 "checkpoint": str(self.model.weights), "checkpoint_sha256": self.model.sha256,
                 "data_sha256": self.data_sha256, "subset_sha256": "",
                 "format": self.model.format, "native_range": list(self.native_range),
-                "train_data": self.train_data}
+                "train_data": self.train_data, **self.model.details}
 
 
 def probe_rows(prepared: Prepared) -> np.ndarray:

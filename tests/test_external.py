@@ -66,7 +66,8 @@ def test_diffusers_model_folder_matches_its_scheduler(tmp_path, beta_schedule, p
     model.save_pretrained(folder)
     scheduler.save_pretrained(folder)  # scheduler_config.json beside config.json
     loaded = load_model(str(folder))
-    assert loaded.format == "diffusers" and beta_schedule in loaded.arch
+    assert loaded.format == "diffusers" and loaded.arch == "diffusers:UNet2DModel"
+    assert loaded.details == {"schedule": beta_schedule, "prediction_type": prediction}
     g = torch.Generator().manual_seed(1)
     x0, eps = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1, torch.randn(2, 1, 8, 8, generator=g)
     abar = scheduler.alphas_cumprod.double()
@@ -101,7 +102,8 @@ def test_diffusers_pipeline_folder_is_read_and_probed(tmp_path):
 
     (path,) = (tmp_path / "art" / "probes").glob("pipe-*/jacobian.h5")
     with h5py.File(path) as f:
-        assert f.attrs["format"] == "diffusers"
+        assert f.attrs["format"] == "diffusers" and f.attrs["schedule"] == "squaredcos_cap_v2"
+        assert f.attrs["prediction_type"] == "v_prediction"
         assert f.attrs["checkpoint"].endswith("unet/diffusion_pytorch_model.safetensors")
 
 
