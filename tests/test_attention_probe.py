@@ -382,7 +382,7 @@ def test_cli_bad_input_is_one_line(trained, tmp_path):
 
 
 def test_diffusers_dit_folder_is_probed_and_hooking_keeps_its_output(trained, tmp_path):
-    from diffusers import DiTTransformer2DModel
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
 
     from probe.models.diffusers_local import load_backbone
 
@@ -394,6 +394,7 @@ def test_diffusers_dit_folder_is_probed_and_hooking_keeps_its_output(trained, tm
     scrambled(model)
     folder = tmp_path / "my-dit"
     model.save_pretrained(folder)
+    DDPMScheduler().save_pretrained(folder)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0])
     labels = torch.tensor([10, 10])  # the null class
     with torch.no_grad():
@@ -425,7 +426,7 @@ def test_diffusers_dit_folder_is_probed_and_hooking_keeps_its_output(trained, tm
 
 def test_diffusers_unet_folder(trained, tmp_path):
     pytest.importorskip("probe.models.unet")
-    from diffusers import UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
 
     from probe.models.diffusers_local import load_backbone
 
@@ -438,6 +439,7 @@ def test_diffusers_unet_folder(trained, tmp_path):
                         up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     folder = tmp_path / "my-unet"
     model.save_pretrained(folder)
+    DDPMScheduler().save_pretrained(folder)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0])
     with torch.no_grad():
         want = model(x, t).sample

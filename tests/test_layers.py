@@ -15,7 +15,7 @@ LAYERS = (
     ("probe.report",),
     ("probe.probes",),
     ("probe.metrics",),
-    ("probe.runs",),
+    ("probe.runs", "probe.external", "probe.external_runs", "probe.denoise"),
     ("probe.train", "probe.optim", "probe.baselines"),
     ("probe.diffusion",),
     ("probe.models",),
