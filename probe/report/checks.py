@@ -50,7 +50,9 @@ def memorization_transition(store: Artifacts, runs: dict, *, arch: str | None = 
     df = _table(store, artifacts.GENERALIZATION_TABLE, runs)
     if arch:
         df = df[df["arch"] == arch]
-    copies = _per(df, "memorized_fraction_normalised", ["n"])
+    # N = 1 has no second neighbour, so no NN ratio (NaN): the test starts at the smallest N
+    # where it is defined
+    copies = _per(df, "memorized_fraction_normalised", ["n"]).dropna()
     similarity = _per(df, "similarity_normalised_median", ["n"])
     if len(copies) < 2 or similarity.empty:
         return Verdict(False, "needs generalization rows of split pairs at two N or more")
