@@ -160,3 +160,33 @@ def publish(name: str, store: Artifacts, runs: dict[str, dict], verdict, out: Pa
         "target": name, "holds": verdict.ok, "reason": verdict.reason,
         "numbers": verdict.numbers, "runs": sorted(runs), **record})
     return folder
+
+
+def results_readme(out: Path, directory: Path = TARGETS_DIR) -> Path:
+    """OUT/README.md: every published target's laptop result beside the paper's numbers, with
+    the command, commit and wall time that made it, then OUT/NOTES.md (written by hand: where
+    and why a result disagrees with the paper) when it exists."""
+    import json
+
+    out = Path(out)
+    lines = ["# Laptop-scale reproductions, as measured", "",
+             "Made by `probe reproduce NAME --check --publish docs/results` on a 2-core CPU "
+             "(no GPU). Each folder holds the target's tables (CSV), figures and verdict.json.",
+             "", "| target | paper | the paper reports | measured here | check | wall time |",
+             "|---|---|---|---|---|---|"]
+    found = targets(directory)
+    details = []
+    for verdict_path in sorted(out.glob("*/verdict.json")):
+        verdict = json.loads(verdict_path.read_text())
+        doc = found.get(verdict["target"], {})
+        minutes = verdict.get("wall_s", 0) / 60
+        lines.append(f"| [{verdict['target']}]({verdict['target']}/) | {doc.get('paper', '')} | "
+                     f"{doc.get('paper_numbers', '')} | {verdict['reason']} | "
+                     f"{'holds' if verdict['holds'] else 'does not hold'} | {minutes:.1f} min |")
+        details += [f"- `{verdict['target']}`: `{verdict.get('command', '')}` at commit "
+                    f"`{verdict.get('commit', '')[:12]}`"]
+    lines += ["", "Commands and commits:", "", *details, ""]
+    notes = out / "NOTES.md"
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
+    return artifacts.write_text(out / "README.md", "\n".join(lines))

@@ -73,6 +73,10 @@ def test_a_cut_down_target_runs_end_to_end_and_is_checked(tmp_path):
     assert published["runs"] == sorted(runs) and published["scale"] == "laptop"
     assert published["command"].startswith("probe") and published["wall_s"] >= 0
     assert (docs / "kadkhodaie-disks" / "basis.csv").is_file()
+    (docs / "NOTES.md").write_text("## Notes\nby hand")
+    assert invoke(tmp_path, "--summarize", str(docs)).exit_code == 0
+    summary = (docs / "README.md").read_text()
+    assert "| [kadkhodaie-disks](kadkhodaie-disks/) |" in summary and "by hand" in summary
 
 
 def test_checks_hold_and_fail_on_tables_with_known_answers(tmp_path):

@@ -23,16 +23,22 @@ from probe.cli import cli
 @click.option("--publish", type=click.Path(file_okay=False), default=None,
               help="With --check: copy the target's tables, figures and verdict (with the "
                    "command, commit and wall time) into DIR/NAME (docs/results).")
+@click.option("--summarize", type=click.Path(file_okay=False), default=None,
+              help="Write DIR/README.md from the verdicts published there, beside the papers' "
+                   "numbers, and stop.")
 @click.option("--dry-run", is_flag=True, help="Print the commands and stop.")
 @click.pass_obj
-def reproduce_cmd(store, name, list_, scale, overrides, check, publish, dry_run):
+def reproduce_cmd(store, name, list_, scale, overrides, check, publish, summarize, dry_run):
     """Run target NAME (`--list` shows them) at a scale, reusing runs other targets trained."""
     import time
 
     from probe.cli.options import command_line
-    from probe.reproduce import check_target, commit_of, listing, run_target
+    from probe.reproduce import check_target, commit_of, listing, results_readme, run_target
     from probe.reproduce import publish as publish_results
 
+    if summarize:
+        click.echo(f"results: {results_readme(summarize)}")
+        return
     if list_:
         rows = listing()
         width = max(len(r["name"]) for r in rows)
