@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from probe import artifacts
+from probe import artifacts, locks
 from probe.artifacts import IMAGES, KEYS, MANIFEST, PARTITION, Artifacts
 from probe.config import CROPS, SYNTHETIC_COUNT, DataConfig, to_dict
 from probe.data.sources import EMBEDDED, NATIVE_CHANNELS, PARTITIONS, Item, open_source
@@ -166,6 +166,13 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
     cached = load_prepared(directory)
     if cached is not None:
         return cached
+    with locks.hold(store.lock("data", directory.name), f"data set {directory.name} is being "
+                    "prepared", wait=True, log=log):  # two trainers of one set prepare it once
+        return load_prepared(directory) or _prepare(cfg, source, channels, directory, command,
+                                                    workers, log)
+
+
+def _prepare(cfg, source, channels, directory, command, workers, log) -> Prepared:
     source = source or open_source(cfg)
 
     log(f"preparing {cfg.dataset}: {len(source.items)} images -> {cfg.size}x{cfg.size}x"
@@ -187,9 +194,13 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
 def _write_cache(cfg: DataConfig, items: list[Item], resize: bool, channels: int,
                  directory: Path, command: str, workers: int | None, log) -> Prepared:
     count, size = len(items), cfg.size
+    # the array is written through a memory map: its space is checked and allocated first, so
+    # a full disk is one line (and no temp file) instead of SIGBUS half-way
+    artifacts.check_space(directory, count * size * size * channels, directory / IMAGES)
     with artifacts.atomic_path(directory / IMAGES) as tmp:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                            shape=(count, size, size, channels))
+        artifacts.reserve(tmp, directory / IMAGES)
         # Pillow releases the GIL while decoding and resizing, so threads scale over cores.
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             decoded = pool.map(lambda it: _decode(it, cfg, channels, resize), items,
@@ -204,6 +215,7 @@ def _write_cache(cfg: DataConfig, items: list[Item], resize: bool, channels: int
             with artifacts.atomic_path(tmp) as kept_tmp:  # replaces tmp only on success
                 kept = np.lib.format.open_memmap(kept_tmp, mode="w+", dtype=np.uint8,
                                                  shape=(len(keep), size, size, channels))
+                artifacts.reserve(kept_tmp, directory / IMAGES)
                 for start in range(0, len(keep), 4096):
                     kept[start : start + 4096] = images[keep[start : start + 4096]]
                 kept.flush()

@@ -1,0 +1,66 @@
+"""Advisory file locks (fcntl) that make two processes on one artifacts root safe.
+
+    with locks.hold(run_dir / ".lock", f"run {run_id} is being trained"):   # or: fail at once
+    with locks.hold(path.with_name(path.name + ".lock"), ..., wait=True):  # or: wait for it
+
+The lock file holds the holder's pid and host, so the process that is refused can say who has
+it ("run X is being trained by pid 123 on node7"). The kernel releases an fcntl lock when its
+holder dies, however it dies (kill -9 included), so a stale lock file from a dead pid is simply
+taken over. Locks are per open file description: the same process taking a lock it already
+holds (another thread, a nested call) is refused as a second writer would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from probe.errors import ProbeError
+
+HOST = socket.gethostname()
+
+
+def holder(path: str | os.PathLike) -> str:
+    """"pid N on HOST" as the lock file at `path` names its holder ("another process" when it
+    cannot be read)."""
+    try:
+        pid, host = Path(path).read_text().split()[:2]
+        return f"pid {int(pid)} on {host}"
+    except (OSError, ValueError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def hold(path: str | os.PathLike, busy: str, wait: bool = False, poll: float = 0.2,
+         log: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on `path` for the block.
+
+    Held by another process: `wait=False` raises ProbeError("<busy> by pid N on HOST"); with
+    `wait=True` it logs that once and waits for the holder to finish (or die)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    raise ProbeError(f"{busy} by {holder(path)}; wait for it to finish "
+                                     "(or stop it) and rerun") from None
+                if not told and log is not None:
+                    log(f"{busy} by {holder(path)}: waiting for it")
+                    told = True
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {HOST}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
