@@ -7,6 +7,7 @@ newest complete one is where a killed run resumes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -48,9 +49,26 @@ def save_weights(path: Path, model: nn.Module, metadata: dict) -> None:
     state = clean_state_dict(unwrap(model).state_dict())
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             for k, v in metadata.items()}
+    artifacts.check_space(Path(path).parent, _nbytes(state), path)
     with artifacts.atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+        try:
+            save_file(state, str(tmp), metadata=meta)
+        except Exception as exc:  # noqa: BLE001 - SafetensorError wraps the OS's ENOSPC
+            if "No space left" in str(exc):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            raise
         canonical_header(tmp)
+
+
+def _nbytes(state) -> int:
+    """Bytes of the tensors in a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_nbytes(v) for v in state)
+    return 0
 
 
 def canonical_header(path: Path) -> None:
@@ -123,6 +141,9 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: nn.Module,
     root = run_dir / artifacts.CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{artifacts.CHECKPOINT_PREFIX}{step:07d}"
+    need = _nbytes(unwrap(model).state_dict()) + _nbytes(unwrap(ema).state_dict()) + \
+        _nbytes(optimizer.state_dict())
+    artifacts.check_space(root, need, final)  # one line, and the last checkpoint kept
     tmp = artifacts.make_temp_dir(root, final.name)  # a dead writer's is removed next time
     try:
         meta = {**metadata, "step": step}

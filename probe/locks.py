@@ -6,7 +6,7 @@
 The lock file holds the holder's pid and host, so the process that is refused can say who has
 it ("run X is being trained by pid 123 on node7"). The kernel releases an fcntl lock when its
 holder dies, however it dies (kill -9 included), so a stale lock file from a dead pid is simply
-taken over. Locks are per open file description: the same process taking a lock it already
+taken over; a holder that finishes removes its lock file (a waiter then locks a fresh one). Locks are per open file description: the same process taking a lock it already
 holds (another thread, a nested call) is refused as a second writer would be.
 """
 
@@ -43,24 +43,35 @@ def hold(path: str | os.PathLike, busy: str, wait: bool = False, poll: float = 0
     Held by another process: `wait=False` raises ProbeError("<busy> by pid N on HOST"); with
     `wait=True` it logs that once and waits for the holder to finish (or die)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    told = False
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if not wait:
+                raise ProbeError(f"{busy} by {holder(path)}; wait for it to finish "
+                                 "(or stop it) and rerun") from None
+            if not told and log is not None:
+                log(f"{busy} by {holder(path)}: waiting for it")
+                told = True
+            time.sleep(poll)
+            continue
+        try:  # the holder before us may have removed the file we locked: lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
-            except BlockingIOError:
-                if not wait:
-                    raise ProbeError(f"{busy} by {holder(path)}; wait for it to finish "
-                                     "(or stop it) and rerun") from None
-                if not told and log is not None:
-                    log(f"{busy} by {holder(path)}: waiting for it")
-                    told = True
-                time.sleep(poll)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {HOST}\n".encode(), 0)
         yield path
     finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
+        try:
+            path.unlink()  # while still held, so nothing is left behind
+        except FileNotFoundError:
+            pass
+        os.close(fd)
