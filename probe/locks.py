@@ -1,13 +1,14 @@
 """Advisory file locks (fcntl) that make two processes on one artifacts root safe.
 
-    with locks.hold(run_dir / ".lock", f"run {run_id} is being trained"):   # or: fail at once
-    with locks.hold(path.with_name(path.name + ".lock"), ..., wait=True):  # or: wait for it
+    with locks.hold(store.lock("run", run_id), f"run {run_id} is being trained"):  # or: fail
+    with locks.hold(store.lock("table", name), ..., wait=True):  # or: wait for the holder
 
 The lock file holds the holder's pid and host, so the process that is refused can say who has
 it ("run X is being trained by pid 123 on node7"). The kernel releases an fcntl lock when its
 holder dies, however it dies (kill -9 included), so a stale lock file from a dead pid is simply
-taken over; a holder that finishes removes its lock file (a waiter then locks a fresh one). Locks are per open file description: the same process taking a lock it already
-holds (another thread, a nested call) is refused as a second writer would be.
+taken over; a holder that finishes removes its lock file (a waiter then locks a fresh one).
+Locks belong to an open file description: the same process taking a lock it already holds
+(another thread, a nested call) is refused as a second writer would be.
 """
 
 from __future__ import annotations
