@@ -247,6 +247,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         share(tmp_path)  # again: some writers (safetensors) replace the file with a 0600 one
         os.replace(tmp_path, path)
+    except OSError as exc:  # name the file a full disk stopped (pyarrow, h5py name none)
+        if exc.errno == errno.ENOSPC or "No space left" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

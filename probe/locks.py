@@ -67,8 +67,11 @@ def hold(path: str | os.PathLike, busy: str, wait: bool = False, poll: float = 0
             pass
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {HOST}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {HOST}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, its holder goes unnamed
+            pass
         yield path
     finally:
         try:

@@ -40,8 +40,8 @@ def os_error_line(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         from probe.artifacts import free_bytes
 
-        free = free_bytes(path or ".")
-        return (f"no space left on device while writing {path or 'a file'}"
+        free = free_bytes(path) if path else None
+        return (f"no space left on device while writing {path or 'the artifacts'}"
                 + (f"; {free / 1e6:.1f} MB free" if free is not None else ""))
     reason = exc.strerror or str(exc) or type(exc).__name__
     return f"{reason}: {path}" if path else reason
