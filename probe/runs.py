@@ -1,8 +1,8 @@
 """The one interface every probe sees a model through: the `Run` protocol.
 
-A run trained here (`TrainedRun`), a diffusers folder (`ExternalRun`), and later a published
-checkpoint or an analytic denoiser are all Runs: a probe reads only the members below and never
-asks which kind it holds.
+A run trained here (`TrainedRun`), a diffusers folder (`ExternalRun`), an analytic denoiser
+(`probe.baselines.run.BaselineRun`), and later a published checkpoint are all Runs: a probe
+reads only the members below and never asks which kind it holds.
 
 - `denoiser`: D(x_noisy, sigma) -> x0_hat on images in `value_range` ([-1, 1]), eval mode;
 - `image_shape` (C, H, W) of what it denoises;
@@ -216,10 +216,15 @@ def find_run_dir(run: str | Path, store: Artifacts) -> Path:
     return path
 
 
-def load_run(run: str | Path, store: Artifacts, weights: str = "ema") -> TrainedRun:
-    """Load a run's denoiser (EMA weights by default) in eval mode."""
+def load_run(run: str | Path, store: Artifacts, weights: str = "ema") -> Run:
+    """Load a run's denoiser (EMA weights by default) in eval mode; a baseline run directory
+    (config.json with a `baseline` field) is rebuilt by probe.baselines.run."""
     directory = find_run_dir(run, store)
     info = artifacts.read_json(directory / artifacts.RUN_CONFIG)
+    if "baseline" in info:  # an analytic denoiser: no weights, built from its subset
+        from probe.baselines.run import load_baseline_run
+
+        return load_baseline_run(directory, info)
     config = from_dict(RunConfig, {k: info[k] for k in RUN_FIELDS if k in info})
     path = directory / f"{weights}.safetensors"
     if not path.is_file():

@@ -28,7 +28,7 @@ class IdealDenoiser(AnalyticDenoiser):
     def __init__(self, images, dtype=torch.float32):
         train = as_images(images)
         super().__init__(train.shape)
-        self.train: TrainingImages = train
+        self.training_set: TrainingImages = train
         self.dtype = dtype
         if train.tensor is not None:  # in memory: flatten and keep ||x_i||^2 / 2 once
             flat = train.tensor.reshape(len(train), -1).to(dtype).contiguous()
@@ -43,7 +43,7 @@ class IdealDenoiser(AnalyticDenoiser):
                 yield (self.flat[lo: lo + rows].to(device, dtype),
                        self.half_sq[lo: lo + rows].to(device, dtype))
             return
-        for _, block in self.train.blocks(rows, dtype, device):
+        for _, block in self.training_set.blocks(rows, dtype, device):
             flat = block.reshape(len(block), -1)
             yield flat, 0.5 * flat.pow(2).sum(1)
 

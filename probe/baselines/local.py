@@ -131,7 +131,7 @@ class LocalScoreDenoiser(AnalyticDenoiser):
             PatchSchedule.constant(patch)
         for p in set(self.schedule.patches):
             check_patch(p, self.shape)
-        self.train, self.equivariant, self.boundary = train, equivariant, boundary
+        self.training_set, self.equivariant, self.boundary = train, equivariant, boundary
         self.kind = "els" if equivariant else "ls"
         self._groups: dict[int, list[torch.Tensor]] = {}
 
@@ -168,7 +168,7 @@ class LocalScoreDenoiser(AnalyticDenoiser):
         # logits per training image: sum over stacks of G x (B n) x n entries
         per_image = b * max(idx.shape[0] * idx.shape[1] ** 2 for idx in groups)
         rows = max(1, BLOCK_BYTES // (x.element_size() * per_image))
-        for _, block in self.train.blocks(rows, x.dtype, x.device):
+        for _, block in self.training_set.blocks(rows, x.dtype, x.device):
             keys_all = patches_of(block, patch, self.boundary)  # [nb, HW, D]
             centres_all = block.reshape(len(block), c, -1).transpose(1, 2)  # [nb, HW, C]
             nb = len(block)
