@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from probe.baselines.base import AnalyticDenoiser, TrainingImages, as_images
-from probe.baselines.streaming import OnlineSoftmax, block_rows, logits
+from probe.baselines.streaming import OnlineSoftmax, block_rows, keys, logits, queries
 
 
 class IdealDenoiser(AnalyticDenoiser):
@@ -30,27 +30,26 @@ class IdealDenoiser(AnalyticDenoiser):
         super().__init__(train.shape)
         self.training_set: TrainingImages = train
         self.dtype = dtype
-        if train.tensor is not None:  # in memory: flatten and keep ||x_i||^2 / 2 once
-            flat = train.tensor.reshape(len(train), -1).to(dtype).contiguous()
-            self.register_buffer("flat", flat, persistent=False)
-            self.register_buffer("half_sq", 0.5 * flat.pow(2).sum(1), persistent=False)
+        if train.tensor is not None:  # in memory: [x_i, ||x_i||^2 / 2] once
+            flat = train.tensor.reshape(len(train), -1).to(dtype)
+            self.register_buffer("augmented", keys(flat).contiguous(), persistent=False)
         else:
-            self.flat = self.half_sq = None
+            self.augmented = None
 
     def _blocks(self, rows: int, dtype, device):
-        if self.flat is not None:
-            for lo in range(0, len(self.flat), rows):
-                yield (self.flat[lo: lo + rows].to(device, dtype),
-                       self.half_sq[lo: lo + rows].to(device, dtype))
+        """(augmented keys [n, d + 1], values [n, d]) per block of training images."""
+        if self.augmented is not None:
+            for lo in range(0, len(self.augmented), rows):
+                block = self.augmented[lo: lo + rows].to(device, dtype)
+                yield block, block[:, :-1]
             return
         for _, block in self.training_set.blocks(rows, dtype, device):
             flat = block.reshape(len(block), -1)
-            yield flat, 0.5 * flat.pow(2).sum(1)
+            yield keys(flat), flat
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
-        inv_var = self.sigma_column(sigma, x).pow(-2)
-        q = x.reshape(len(x), -1)
+        q = queries(x.reshape(len(x), -1), self.sigma_column(sigma, x).pow(-2))
         acc = OnlineSoftmax()
-        for keys, half in self._blocks(block_rows(len(x)), x.dtype, x.device):
-            acc.add(logits(q, keys, half, inv_var), keys)
+        for k, values in self._blocks(block_rows(len(x)), x.dtype, x.device):
+            acc.add(logits(q, k), values)
         return acc.result().reshape(x.shape)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from probe.baselines.base import AnalyticDenoiser, TrainingImages, as_images
-from probe.baselines.streaming import BLOCK_BYTES, OnlineSoftmax, logits
+from probe.baselines.streaming import BLOCK_BYTES, OnlineSoftmax, keys, logits, queries
 from probe.errors import ProbeError
 
 BOUNDARIES = ("zeros", "periodic")
@@ -155,16 +155,16 @@ class LocalScoreDenoiser(AnalyticDenoiser):
 
     def _denoise(self, x: torch.Tensor, s: torch.Tensor, patch: int) -> torch.Tensor:
         b, c = x.shape[0], self.channels
-        queries = patches_of(x, patch, self.boundary)  # [B, HW, D]
+        noisy = patches_of(x, patch, self.boundary)  # [B, HW, D]
         groups = self.groups(patch)
         inv_var = s.pow(-2)
         accs = [OnlineSoftmax() for _ in groups]
-        stacked_q, columns = [], []
-        for idx in groups:  # [G, n] -> queries [G, B n, D]
+        stacked_q = []
+        for idx in groups:  # [G, n] -> augmented queries [G, B n, D + 1]
             g, n = idx.shape
-            stacked_q.append(queries[:, idx.reshape(-1)].reshape(b, g, n, -1)
-                             .permute(1, 0, 2, 3).reshape(g, b * n, -1))
-            columns.append(inv_var.repeat_interleave(n).reshape(1, -1, 1))
+            q = noisy[:, idx.reshape(-1)].reshape(b, g, n, -1).permute(1, 0, 2, 3)
+            column = inv_var.repeat_interleave(n).reshape(1, -1, 1).expand(g, -1, 1)
+            stacked_q.append(queries(q.reshape(g, b * n, -1), column))
         # logits per training image: sum over stacks of G x (B n) x n entries
         per_image = b * max(idx.shape[0] * idx.shape[1] ** 2 for idx in groups)
         rows = max(1, BLOCK_BYTES // (x.element_size() * per_image))
@@ -172,14 +172,14 @@ class LocalScoreDenoiser(AnalyticDenoiser):
             keys_all = patches_of(block, patch, self.boundary)  # [nb, HW, D]
             centres_all = block.reshape(len(block), c, -1).transpose(1, 2)  # [nb, HW, C]
             nb = len(block)
-            for idx, q, col, acc in zip(groups, stacked_q, columns, accs):
+            for idx, q, acc in zip(groups, stacked_q, accs):
                 g, n = idx.shape
                 flat = idx.reshape(-1)
-                keys = keys_all[:, flat].reshape(nb, g, n, -1).permute(1, 0, 2, 3) \
+                k = keys_all[:, flat].reshape(nb, g, n, -1).permute(1, 0, 2, 3) \
                     .reshape(g, nb * n, -1)
                 values = centres_all[:, flat].reshape(nb, g, n, c).permute(1, 0, 2, 3) \
                     .reshape(g, nb * n, c)
-                acc.add(logits(q, keys, 0.5 * keys.pow(2).sum(-1), col), values)
+                acc.add(logits(q, keys(k)), values)
         pieces = [acc.result().reshape(idx.shape[0], b, idx.shape[1], c).permute(1, 0, 2, 3)
                   .reshape(b, -1, c) for idx, acc in zip(groups, accs)]
         where = torch.cat([idx.reshape(-1) for idx in groups]).to(x.device)
