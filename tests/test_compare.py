@@ -32,7 +32,7 @@ from probe.config import (
 from probe.formats import compare as fmt
 from probe.formats.jacobian import read_groups
 from probe.metrics.compare import COLUMNS
-from probe.runs import load_run
+from probe.runs import Run, load_run
 from probe.train import train_run
 
 DIGITS = ["--dataset", "digits", "--size", "8"]
@@ -64,7 +64,7 @@ def baselines(store):
 
 def test_a_baseline_run_directory_loads_as_a_run(store, baselines):
     run = load_run(baselines["ideal"], store)
-    assert isinstance(run, BaselineRun)
+    assert isinstance(run, BaselineRun) and isinstance(run, Run)
     assert (run.arch, run.n, run.split, run.image_shape) == ("ideal", 10, "a", (1, 8, 8))
     assert not (store.run_dir(run.run_id) / artifacts.EMA_WEIGHTS).exists()
     assert len(run.checkpoint_sha256) == 64 and len(run.test_indices) > 0

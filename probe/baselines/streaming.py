@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-# Logits held per block. Measured (ELS, 16x16, P = 9, one thread): 8 MiB blocks run 6.8x
+# Logits held per block. Measured (ELS, 16x16, P = 9, one thread): 8 MiB blocks run 2-7x
 # faster than 32 MiB ones, whose buffers glibc maps fresh (and page-faults) on every block;
 # 4 MiB is as fast, 2 MiB 1.4x slower (more, smaller GEMMs).
 BLOCK_BYTES = 8 << 20
