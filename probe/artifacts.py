@@ -12,7 +12,7 @@ Layout under the artifacts root (``--artifacts`` / ``PROBE_ARTIFACTS``, default 
     tables/               tidy .parquet/.csv tables across runs (one per probe, and the
                           cross-probe joins `probe report` builds)
     figures/              .png/.pdf figures drawn from the tables and HDF5 files
-    report.md             `probe report`
+    report.md, report.html  `probe report`
 
 Every file name is defined here, once.
 """
@@ -50,7 +50,7 @@ COMPARE_H5, COMPARE_TABLE = "compare.h5", "compare"
 LOCALITY_TABLE, BASIS_TABLE, GENERALIZATION_TABLE, ATTRIBUTION_TABLE = (
     "locality", "basis", "generalization", "attribution")
 LOCALITY_GAP_TABLE, HEAD_LOCALITY_TABLE = "locality_gap", "head_locality"
-REPORT_MD = "report.md"
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
 
 
 @dataclass(frozen=True)

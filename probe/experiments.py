@@ -13,10 +13,11 @@ skips finished training runs and finished probe outputs.
     [[step]]
     run = ["attention-locality", "@runs"]   # @runs: every run trained by earlier steps
 
-`${name}` is replaced from [vars]; an argument "@runs" expands to the run directories that the
-`train-split` steps returned, "@runs:K" to those of step K alone. Steps run in this process
-through the CLI's own commands, so a step fails exactly as the command would (one line),
-prefixed with its step number.
+`${name}` is replaced from [vars] (inside one argument), "@{name}" by the variable split into
+several arguments as a shell would ("--n 10 --n 1000"); an argument "@runs" expands to the run
+directories that the `train-split` steps returned, "@runs:K" to those of step K alone. Steps
+run in this process through the CLI's own commands, so a step fails exactly as the command
+would (one line), prefixed with its step number.
 """
 
 from __future__ import annotations
@@ -62,13 +63,26 @@ def expand(args: list[str], variables: dict[str, str], runs: dict[int, list[str]
             out += chosen
             continue
 
-        def sub(match):
-            key = match.group(1)
-            if key not in variables:
-                raise ProbeError(f"undefined experiment variable ${{{key}}}")
-            return str(variables[key])
+        split = re.fullmatch(r"@\{(\w+)\}", str(arg))
+        if split:
+            out += shlex.split(substitute(f"${{{split.group(1)}}}", variables))
+        else:
+            out.append(substitute(str(arg), variables))
+    return out
 
-        out.append(re.sub(r"\$\{(\w+)\}", sub, str(arg)))
+
+def substitute(text: str, variables: dict[str, str], depth: int = 0) -> str:
+    """${name} replaced from `variables`, whose values may name other variables (a scale's
+    `data` naming `${root}`), up to a few levels deep."""
+    def sub(match):
+        key = match.group(1)
+        if key not in variables:
+            raise ProbeError(f"undefined experiment variable ${{{key}}}")
+        return str(variables[key])
+
+    out = re.sub(r"\$\{(\w+)\}", sub, text)
+    if "${" in out and depth < 4:
+        return substitute(out, variables, depth + 1)
     return out
 
 
@@ -86,16 +100,28 @@ def run_command(args: list[str]):
         raise ProbeError(exc.format_message()) from None
 
 
+def variables_of(doc: dict, overrides: dict[str, str], where: str,
+                 extra: dict | None = None) -> dict[str, str]:
+    """[vars] (and `extra`, a scale's vars, over them), then the --set overrides, which may only
+    name variables the file has."""
+    variables = {k: str(v) for k, v in {**doc.get("vars", {}), **(extra or {})}.items()}
+    unknown = set(overrides) - set(variables)
+    if unknown:
+        raise ProbeError(f"--set {sorted(unknown)[0]}: not a variable of {where} "
+                         f"(has {', '.join(sorted(variables)) or 'none'})")
+    return {**variables, **overrides}
+
+
 def run_experiment(path: str | Path, artifacts_root: str, overrides: dict[str, str],
                    dry_run: bool = False, echo=print) -> list[str]:
     """Run every step in order through the real CLI; returns the runs trained."""
     doc = load(path)
-    variables = {k: str(v) for k, v in doc.get("vars", {}).items()}
-    unknown = set(overrides) - set(variables)
-    if unknown:
-        raise ProbeError(f"--set {sorted(unknown)[0]}: not a variable of {path} "
-                         f"(has {', '.join(variables) or 'none'})")
-    variables.update(overrides)
+    return run_steps(doc, variables_of(doc, overrides, str(path)), artifacts_root, dry_run, echo)
+
+
+def run_steps(doc: dict, variables: dict[str, str], artifacts_root: str, dry_run: bool = False,
+              echo=print) -> list[str]:
+    """The [[step]] commands of `doc` in order, with `variables`; returns the runs trained."""
     runs: dict[int, list[str]] = {}
     for i, step in enumerate(doc["step"], 1):
         args = expand(step["run"], variables, runs)

@@ -23,11 +23,12 @@ import pandas as pd
 
 from probe.artifacts import Artifacts
 from probe.errors import ProbeError
+from probe.external_runs import load_model_run
 from probe.metrics.tables import upsert, write_table
 from probe.probes import attention, attribution, compare, generalization, jacobian, samples
 from probe.probes.protocol import Probe
 from probe.report import figures as report_figures
-from probe.runs import Run, load_diffusers_run, load_run, select_runs
+from probe.runs import Run, load_run, select_runs
 
 PROBES: dict[str, Probe] = {p.name: p for p in (attention.PROBE, jacobian.PROBE,
                                                  generalization.PROBE, attribution.PROBE,
@@ -48,26 +49,27 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def load_runs(refs, store: Artifacts, *, diffusers=(), data_config=None, last: bool = False,
-              command: str = "", log=_stderr) -> list[Run]:
-    """Runs named as directories or ids, plus diffusers folders probed on `data_config`'s data
-    set; with neither, every finished run under the artifacts root (or, `last`, the runs the
-    latest train-split made), and the choice is logged."""
-    refs = list(refs)
-    if not refs and not diffusers:
+def load_runs(refs, store: Artifacts, *, models=(), diffusers=(), data_config=None,
+              train_data: str | None = None, last: bool = False, command: str = "",
+              log=_stderr) -> list[Run]:
+    """Runs named as directories or ids, plus outside models (`models`: paths or
+    probe.external.ModelSpec, any format; `diffusers` is the older name) probed on
+    `data_config`'s data set, with `train_data` as their training images when given; with
+    neither, every finished run under the artifacts root (or, `last`, the runs the latest
+    train-split made), and the choice is logged."""
+    refs, specs = list(refs), [*models, *diffusers]
+    if not refs and not specs:
         refs = select_runs(store, last)
         log(f"runs: {len(refs)} {'from the latest train-split' if last else 'finished'} "
             f"under {store.runs_dir}: " + ", ".join(p.name for p in refs))
+    loaded = [load_run(ref, store) for ref in refs]
+    loaded += [load_model_run(spec, data_config, store, command, train_data) for spec in specs]
     runs: list[Run] = []
     seen = set()
-    for ref in refs:
-        run = load_run(ref, store)
+    for run in loaded:
         if run.run_id not in seen:
             seen.add(run.run_id)
             runs.append(run)
-    if diffusers and data_config is None:
-        raise ProbeError("--diffusers needs a data set (--dataset, --size, ...)")
-    runs += [load_diffusers_run(d, data_config, store, command) for d in diffusers]
     return runs
 
 

@@ -1,8 +1,9 @@
 """The one interface every probe sees a model through: the `Run` protocol.
 
-A run trained here (`TrainedRun`), a diffusers folder (`ExternalRun`), an analytic denoiser
-(`probe.baselines.run.BaselineRun`), and later a published checkpoint are all Runs: a probe
-reads only the members below and never asks which kind it holds.
+A run trained here (`TrainedRun`), an outside model of any format (`--model PATH`:
+probe.external reads the files, probe.external_runs makes the Run), and an analytic denoiser
+(probe.baselines.run.BaselineRun) are all Runs: a probe reads only the members below and
+never asks which kind it holds.
 
 - `denoiser`: D(x_noisy, sigma) -> x0_hat on images in `value_range` ([-1, 1]), eval mode;
 - `image_shape` (C, H, W) of what it denoises;
@@ -14,7 +15,10 @@ reads only the members below and never asks which kind it holds.
   `windows`, `data_sha256`, `checkpoint_sha256`, and `provenance()`, the attributes every
   probe output carries;
 - `training`: the training history a run kept (`TrainingHistory`: its periodic checkpoints and
-  learning rate, for training-image influence), or None.
+  learning rate, for training-image influence), or None;
+- optionally `native_range`: the value range the network itself was trained on (default
+  [-1, 1]); D maps [-1, 1] onto it, and the Jacobian probe measures linearity about the
+  network's own zero (probe.models.native).
 
 `select_runs` is how a probe command chooses runs when none is named: every finished run under
 the artifacts root, or with `last=True` those the latest `probe train-split` made.
@@ -34,7 +38,7 @@ from probe import artifacts, checkpoints
 from probe.artifacts import Artifacts
 from probe.config import DataConfig, RunConfig, SubsetConfig, from_dict
 from probe.data.loader import gather, to_model_range
-from probe.data.prepare import Prepared, load_prepared, prepare
+from probe.data.prepare import Prepared, load_prepared
 from probe.data.subsets import make_subsets, read_subsets
 from probe.errors import ProbeError
 from probe.models import zoo
@@ -252,26 +256,12 @@ def held_out_rows(prepared: Prepared) -> np.ndarray:
 
 
 def load_diffusers_run(path: str | Path, data_config: DataConfig, store: Artifacts,
-                       command: str = "") -> ExternalRun:
-    """A local diffusers model folder as a Run on the data set `data_config` describes."""
-    from probe.models.diffusers_local import load_backbone
+                       command: str = ""):
+    """A local diffusers folder as a Run on `data_config`'s data set: the scheduler config saved
+    with it gives the schedule and prediction type (probe.external_runs.load_model_run)."""
+    from probe.external_runs import load_model_run
 
-    backbone, info = load_backbone(path)
-    if data_config.size != info["image_size"]:  # before preparing a data set of the wrong size
-        raise ProbeError(f"{info['folder']} takes {info['image_size']}px images, not "
-                         f"{data_config.size}px (set --size)")
-    prepared = prepare(data_config, store, command)
-    size, channels = prepared.manifest["size"], prepared.manifest["channels"]
-    if (size, channels) != (info["image_size"], info["channels"]):
-        raise ProbeError(f"{info['folder']} takes {info['image_size']}px images with "
-                         f"{info['channels']} channels, the data set has {size}px with "
-                         f"{channels} (set --size / --channels)")
-    denoiser = Denoiser(backbone, "ddpm", channels, size).eval().requires_grad_(False)
-    sha = artifacts.sha256_file(info["weights"])
-    folder = Path(path).resolve()
-    return ExternalRun(f"{folder.name}-{sha[:8]}", f"diffusers:{info['class_name']}", denoiser,
-                       info["weights"], sha, prepared, held_out_rows(prepared), "ddpm",
-                       "diffusers")
+    return load_model_run(str(path), data_config, store, command)
 
 
 # ---------------------------------------------------------------------- choosing the runs
@@ -304,5 +294,5 @@ def select_runs(store: Artifacts, last: bool = False) -> list[Path]:
     if not chosen:
         which = "made by the latest train-split" if last else "finished"
         raise ProbeError(f"no {which} runs under {store.runs_dir}: train one with `probe "
-                         "train-split --n 10 ...`, or name RUN directories or --diffusers PATH")
+                         "train-split --n 10 ...`, or name RUN directories or --model PATH")
     return chosen

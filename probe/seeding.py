@@ -33,6 +33,7 @@ STREAMS = {
     "influence-sample": 4,  # initial noise of an influence sample, keys (sample index,)
     "influence-loss": 5,  # the one noise draw every influence loss shares, keys ()
     "recalibrate": 6,  # the noise of the training losses that re-estimate EMA norm statistics
+    "denoise": 13,  # noise `probe denoise` adds to its input images, keys (image index,)
 }
 
 

@@ -45,14 +45,19 @@ CONFIG, STATS, SUBSET = artifacts.RUN_CONFIG, artifacts.RUN_STATS, artifacts.RUN
 
 
 def run_id(cfg: RunConfig) -> str:
-    """Readable and deterministic: rerunning the same command finds (and resumes) the same run."""
+    """Readable and deterministic: rerunning the same command finds (and resumes) the same run.
+    The other subset sizes trained beside it (`subsets.ns`) do not change a run's subset (S_N is
+    a prefix of one permutation), so they are not part of its name: commands that train the same
+    N with different companions share the run."""
     m, t, d = cfg.model, cfg.train, cfg.data
     name = f"{d.dataset}{d.size}-{m.arch.replace('/', 'p')}-n{t.n}{t.split}-{t.objective}"
     if m.windows:
         # "0-3:5" -> "0to3x5"; a preset name ("an-default") stays as it is
         name += "-w" + "_".join(w.replace(":", "x").replace("-", "to") if ":" in w else w.strip()
                                 for w in m.windows)
-    return f"{name}-s{t.seed}-{artifacts.sha256_json(to_dict(cfg))[:8]}"
+    identity = to_dict(cfg)
+    identity["subsets"].pop("ns", None)
+    return f"{name}-s{t.seed}-{artifacts.sha256_json(identity)[:8]}"
 
 
 def resolve(cfg: RunConfig, prepared: Prepared) -> RunConfig:

@@ -78,3 +78,16 @@ def probe_one(probe, run, store, cfg, command: str = ""):
     (plan,) = probe.plan([run], cfg, [path], lambda msg: None)
     probe.probe(run, plan, cfg, path, command, lambda msg: None)
     return path
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A click CliRunner result that failed as the CLI promises: exit code 2, one line on
+    stderr starting "error: " and holding every fragment, no traceback, no escaped exception."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr,
+                                   result.exception)
+    assert isinstance(result.exception, SystemExit)  # not an escaped exception
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

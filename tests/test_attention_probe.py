@@ -34,7 +34,7 @@ from probe.models.denoiser import Denoiser
 from probe.models.hooks import capture
 from probe.probes import attention as probe
 from probe.seeding import fixed_noise
-from tests.helpers import FakeRun, probe_one
+from tests.helpers import FakeRun, assert_one_line_error, probe_one
 
 SIGMAS = (0.5, 2.0)
 
@@ -73,15 +73,6 @@ def datasets(path: Path) -> dict[str, np.ndarray]:
         f.visititems(lambda name, obj: out.__setitem__(name, obj[...])
                      if isinstance(obj, h5py.Dataset) else None)
     return out
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # ------------------------------------------------------------------ capture and the file
@@ -216,6 +207,10 @@ def test_other_zoo_families_with_attention(tmp_path, arch, size):
             assert maps.shape[-1] == la["grid"].tokens
             assert np.allclose(maps.sum(-1), 1, atol=1e-2)
     assert set(table_from_file(path)["layer"]) == set(range(len(layers)))
+    if arch == "diffit-xs":  # 4x4 partitions wherever the grid is larger, global elsewhere
+        assert [la["partition"] for la in layers] == [4 if la["grid"].height > 4 else 0
+                                                      for la in layers]
+        assert attrs["partitions"] == [la["partition"] for la in layers]
 
 
 def test_several_runs_figures_by_n_and_the_gap_correlation(tmp_path, monkeypatch):
@@ -387,7 +382,7 @@ def test_cli_bad_input_is_one_line(trained, tmp_path):
 
 
 def test_diffusers_dit_folder_is_probed_and_hooking_keeps_its_output(trained, tmp_path):
-    from diffusers import DiTTransformer2DModel
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
 
     from probe.models.diffusers_local import load_backbone
 
@@ -399,6 +394,7 @@ def test_diffusers_dit_folder_is_probed_and_hooking_keeps_its_output(trained, tm
     scrambled(model)
     folder = tmp_path / "my-dit"
     model.save_pretrained(folder)
+    DDPMScheduler().save_pretrained(folder)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0])
     labels = torch.tensor([10, 10])  # the null class
     with torch.no_grad():
@@ -430,7 +426,7 @@ def test_diffusers_dit_folder_is_probed_and_hooking_keeps_its_output(trained, tm
 
 def test_diffusers_unet_folder(trained, tmp_path):
     pytest.importorskip("probe.models.unet")
-    from diffusers import UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
 
     from probe.models.diffusers_local import load_backbone
 
@@ -443,6 +439,7 @@ def test_diffusers_unet_folder(trained, tmp_path):
                         up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     folder = tmp_path / "my-unet"
     model.save_pretrained(folder)
+    DDPMScheduler().save_pretrained(folder)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0])
     with torch.no_grad():
         want = model(x, t).sample

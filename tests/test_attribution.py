@@ -23,6 +23,7 @@ from probe.models.denoiser import Denoiser
 from probe.models.dit import DiT
 from probe.models.hooks import hooks
 from probe.probes import attribution as attr
+from tests.helpers import assert_one_line_error
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -315,14 +316,6 @@ def test_influence_attributes_memorized_samples_to_their_source(memorized_run):
 
 def invoke(store, *args):
     return CliRunner().invoke(cli, ["--artifacts", str(store.root), "attribution", *args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_cli_bad_input_is_one_line(memorized_run, tmp_path):

@@ -13,20 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from probe.cli import cli
+from tests.helpers import assert_one_line_error
 
 
 def run(artifacts: Path, *args: str):
     return CliRunner().invoke(cli, ["--artifacts", str(artifacts), "data", *args])
-
-
-def assert_one_line_error(result, *fragments: str):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit)  # not an escaped exception
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -32,7 +32,7 @@ from probe.models.denoiser import Denoiser
 from probe.probes import jacobian as jac
 from probe.runs import load_run
 from probe.train import train_run
-from tests.helpers import probe_one, randomize
+from tests.helpers import assert_one_line_error, probe_one, randomize
 
 
 def linear(matrix: np.ndarray):
@@ -188,14 +188,6 @@ def runs(tmp_path_factory):
 
 def invoke(store, *args):
     return CliRunner().invoke(cli, ["--artifacts", str(store.root), "jacobian-basis", *args])
-
-
-def assert_one_line_error(result, *words):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_command_writes_bases_metrics_and_figures(runs):

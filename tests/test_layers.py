@@ -10,12 +10,12 @@ import pytest
 
 # highest first; a module belongs to the layer of the longest prefix that names it
 LAYERS = (
-    ("probe.cli", "probe.experiments", "probe.__main__"),
+    ("probe.cli", "probe.experiments", "probe.reproduce", "probe.__main__"),
     ("probe.pipeline",),
     ("probe.report",),
     ("probe.probes",),
     ("probe.metrics",),
-    ("probe.runs",),
+    ("probe.runs", "probe.external", "probe.external_runs", "probe.denoise"),
     ("probe.train", "probe.optim", "probe.baselines"),
     ("probe.diffusion",),
     ("probe.models",),

@@ -16,6 +16,7 @@ from probe.artifacts import Artifacts, read_json
 from probe.cli import cli
 from probe.probes.protocol import Probe
 from probe.runs import Run, load_run
+from tests.helpers import assert_one_line_error
 
 TINY = ["--dataset", "digits", "--size", "8", "--arch", "dit-tiny/4", "--steps", "2",
         "--batch", "4", "--test-size", "16", "--sample-grid", "0", "--checkpoint-every", "100"]
@@ -23,14 +24,6 @@ TINY = ["--dataset", "digits", "--size", "8", "--arch", "dit-tiny/4", "--steps",
 
 def invoke(root: Path, *args):
     return CliRunner().invoke(cli, ["--artifacts", str(root), *args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +90,9 @@ def test_trained_and_outside_runs_satisfy_the_run_protocol(trained):
 
 @pytest.fixture(scope="module")
 def dit_folder(tmp_path_factory):
-    """A diffusers DiTTransformer2DModel saved with save_pretrained (random weights)."""
-    from diffusers import DiTTransformer2DModel
+    """A diffusers DiTTransformer2DModel saved with save_pretrained (random weights), its
+    scheduler config beside it."""
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
     model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1,
@@ -106,6 +100,7 @@ def dit_folder(tmp_path_factory):
                                   norm_num_groups=1, num_embeds_ada_norm=10)
     folder = tmp_path_factory.mktemp("diffusers") / "my-dit"
     model.save_pretrained(folder)
+    DDPMScheduler().save_pretrained(folder)
     return folder
 
 
@@ -143,3 +138,26 @@ def test_metrics_that_need_training_images_refuse_outside_models(dit_folder, tmp
     result = invoke(tmp_path, command, "--diffusers", str(dit_folder), *OUTSIDE, *extra)
     assert_one_line_error(result, needs, "training images", "trained elsewhere")
     assert not (tmp_path / "probes").exists()
+
+
+def test_a_run_given_as_model_is_the_run_itself(trained, tmp_path):
+    """`--model RUN_DIR` is format probe-run: the same Run as naming the directory, and
+    `probe denoise` works on it with sigma on the [0, 1] scale (2 sigma on the run's own)."""
+    import numpy as np
+
+    run_dir = next((trained / "runs").iterdir())
+    store = Artifacts.at(trained)
+    (run,) = pipeline.load_runs([], store, models=[str(run_dir)])
+    assert run.run_id == run_dir.name and run.provenance()["format"] == "probe-run"
+    image = tmp_path / "digit.npy"
+    pixels = (run.images(run.test_indices[:1])[0, 0].numpy() + 1) / 2
+    np.save(image, pixels.astype(np.float32))
+    result = invoke(trained, "denoise", "--model", str(run_dir), "--sigma", "0.1",
+                    str(image), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.stderr
+    noisy = np.load(tmp_path / "out" / "digit.noisy.npy")[..., 0]
+    assert 0.05 < float(np.std(noisy - pixels)) < 0.15
+    with torch.no_grad():
+        want = (run.denoiser(torch.from_numpy(2 * noisy - 1)[None, None], 0.2) + 1) / 2
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "digit.denoised.npy")[..., 0],
+                               want[0, 0].numpy(), atol=1e-6)

@@ -22,7 +22,7 @@ _A = AttentionConfig()
               help="Refuse to write more maps than this (uncompressed GB).")
 @click.pass_obj
 def attention_locality(store, runs, last, sigmas, images, source, seed, figures, dry_run,
-                       diffusers, data_config, queries, maps, max_gb):
+                       models, data_config, queries, maps, max_gb):
     """Attention maps of RUN(s) -> probes/<run>/attention.h5, locality tables and figures.
 
     With no RUN, every finished run under the artifacts root (--last: those of the latest
@@ -35,7 +35,7 @@ def attention_locality(store, runs, last, sigmas, images, source, seed, figures,
     cfg = AttentionConfig(sigmas=sigmas, images=images, source=source, seed=seed, maps=maps,
                           max_gb=max_gb, queries=parse_queries(queries))
     result = run_probe_command(
-        "attention-locality", store, runs, cfg, last=last, diffusers=diffusers,
+        "attention-locality", store, runs, cfg, last=last, models=models,
         data_config=data_config, dry_run=dry_run, figures=figures,
         describe=lambda p: f"layers: {len(p.layers)}, images: {len(p.indices)}")
     if result is not None:

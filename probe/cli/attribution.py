@@ -27,7 +27,7 @@ _A = AttributionConfig()
 @click.option("--influence", is_flag=True,
               help="Training-image influence of generated samples (TracInCP over the "
                    "checkpoints kept by `train-split --keep-checkpoints`; needs the training "
-                   "images, so not on --diffusers models).")
+                   "images, so not on --model models).")
 @click.option("--samples", type=click.IntRange(1), default=_A.samples,
               help="Influence: generated samples to explain.")
 @click.option("--sample-steps", type=click.IntRange(1), default=_A.sample_steps,
@@ -35,7 +35,7 @@ _A = AttributionConfig()
 @click.option("--influence-sigma", type=click.FloatRange(0, min_open=True),
               default=_A.influence_sigma, help="Influence: noise level of the denoising loss.")
 @click.pass_obj
-def attribution(store, runs, last, sigmas, images, source, seed, figures, dry_run, diffusers,
+def attribution(store, runs, last, sigmas, images, source, seed, figures, dry_run, models,
                 data_config, pixels, method, ig_steps, batch, heads, influence, samples,
                 sample_steps, influence_sigma):
     """captum attributions of RUN(s) -> probes/<run>/attribution.h5, tables and figures.
@@ -51,7 +51,7 @@ def attribution(store, runs, last, sigmas, images, source, seed, figures, dry_ru
         return "pixels (x,y): " + " ".join(f"{x},{y}" for y, x in p["pixels"]) + \
             f"  images: {p['images']}"
 
-    result = run_probe_command("attribution", store, runs, cfg, last=last, diffusers=diffusers,
+    result = run_probe_command("attribution", store, runs, cfg, last=last, models=models,
                                data_config=data_config, dry_run=dry_run, figures=figures,
                                describe=describe)
     if result is not None:

@@ -127,7 +127,7 @@ def _calibrated(cfg: BaselineConfig, run, sigmas, patches) -> BaselineConfig:
 
 
 @cli.command("compare")
-@probe_options(_C, source=False, diffusers=False)
+@probe_options(_C, source=False, models=False)
 @click.option("--to", "theories", default=",".join(_C.theories), show_default=True,
               help="Comma-separated theories (ideal, wiener, ls, els: built from each RUN's "
                    "training subset) or run directories / ids of the same data.")

@@ -31,14 +31,15 @@ _G = GeneralizationConfig()
               help="FID Inception weights (pt_inception-2015-12-05 .pth) or a TorchScript "
                    "feature extractor; without it FID/KID/precision/recall are skipped.")
 @click.pass_obj
-def generalization(store, runs, last, sigmas, images, seed, figures, dry_run, diffusers,
+def generalization(store, runs, last, sigmas, images, seed, figures, dry_run, models,
                    data_config, pairs, samples, sampler, steps, batch, mean_removed, threshold,
                    fid_weights):
     """Did each RUN generalize? Writes probes/<run-id>/generalization.h5 and tidy tables.
 
     With no RUN and no --pair, every finished run under the artifacts root (--last: those of
     the latest train-split). Every metric here but the same-noise reproducibility needs the
-    model's training images, so a --diffusers model is refused with a line saying so.
+    model's training images, so an outside --model is refused with a line saying so unless
+    --train-data names them.
     """
     from probe.metrics.generalization import text_report
     from probe.runs import find_run_dir
@@ -50,7 +51,7 @@ def generalization(store, runs, last, sigmas, images, seed, figures, dry_run, di
                                steps=steps, seed=seed, batch=batch, mean_removed=mean_removed,
                                threshold=threshold, fid_weights=fid_weights, pairs=pair_ids)
     result = run_probe_command(
-        "generalization", store, refs, cfg, last=last, diffusers=diffusers,
+        "generalization", store, refs, cfg, last=last, models=models,
         data_config=data_config, dry_run=dry_run, figures=figures,
         describe=lambda p: "pairs: " + (", ".join(r.run_id for r in p.partners) or "none"))
     if result is not None:

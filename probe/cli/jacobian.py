@@ -25,7 +25,7 @@ _J = JacobianConfig()
                    "(each eigenvalue is then within tol, relative).")
 @click.pass_obj
 def jacobian_basis(store, runs, last, sigmas, images, source, seed, figures, dry_run,
-                   diffusers, data_config, method, k, probes, tol):
+                   models, data_config, method, k, probes, tol):
     """Eigen- and singular bases of each run's Jacobian at fixed noisy images.
 
     Writes probes/<run-id>/jacobian.h5 (resumable), upserts tables/basis.{parquet,csv} and draws
@@ -33,13 +33,13 @@ def jacobian_basis(store, runs, last, sigmas, images, source, seed, figures, dry
     of the latest train-split). Basis agreement is computed for pairs among the runs: same
     data, N and architecture with splits a and b (agreement_split), and same data, N and split
     with different architectures (agreement_arch). The memorization signature needs training
-    images: NaN for a --diffusers model.
+    images: NaN for a --model without --train-data.
     """
     cfg = JacobianConfig(sigmas=sigmas, images=images, source=source, method=method, k=k,
                          seed=seed, probes=probes, tol=tol)
     from probe.metrics.basis import pairs
 
-    run_probe_command("jacobian-basis", store, runs, cfg, last=last, diffusers=diffusers,
+    run_probe_command("jacobian-basis", store, runs, cfg, last=last, models=models,
                       data_config=data_config, dry_run=dry_run, figures=figures,
                       describe=lambda p: f"d = {p['d']}, method = {p['method']}, "
                                          f"images = {p['images']}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shlex
 import sys
+from dataclasses import dataclass
 
 import click
 
@@ -104,10 +105,65 @@ def _sigmas_text(sigmas) -> str:
     return ",".join(f"{s:g}" for s in sigmas)
 
 
-def probe_options(defaults, *, source: bool = True, images: bool = True, diffusers: bool = True):
+@dataclass(frozen=True)
+class OutsideModels:
+    """`--model PATH...` with its companions: the specs (probe.external.ModelSpec) and the
+    training images named by `--train-data`."""
+
+    specs: tuple = ()
+    train_data: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+
+def model_options(func):
+    """--model (alias --diffusers), --weights, --value-range, --noise-input, --train-data ->
+    a `models` keyword argument (OutsideModels)."""
+    options = [
+        click.option("--model", "--diffusers", "model_paths", multiple=True,
+                     help="A model trained elsewhere (repeatable), format detected from the "
+                          "files: a run directory, a diffusers model or pipeline folder, a "
+                          "Mohan et al. or Kadkhodaie et al. .pt, or module.py:factory with "
+                          "--weights. Probed on the data set given by --dataset etc."),
+        click.option("--weights", type=click.Path(), default=None,
+                     help="--model module.py:factory: its safetensors weights."),
+        click.option("--value-range", type=click.Choice(["0,1", "-1,1"]), default=None,
+                     help="The data range the model was trained on (module.py:factory; for "
+                          "other formats it is checked against what the files say)."),
+        click.option("--noise-input", type=click.Choice(["none", "sigma", "t"]), default=None,
+                     help="module.py:factory: how the noise level reaches it (none: blind; "
+                          "sigma: its std on the model's scale; t: a DDPM timestep)."),
+        click.option("--train-data", default=None,
+                     help="The outside models' training images: a folder of images, or rows "
+                          "START:STOP of the probe data set. Without it, metrics that need "
+                          "them are refused."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, model_paths, weights, value_range, noise_input, train_data, **kwargs):
+        from probe.external import ModelSpec, is_python_spec, parse_value_range
+
+        specs = tuple(ModelSpec(p, weights if is_python_spec(p) else None,
+                                parse_value_range(value_range),
+                                noise_input if is_python_spec(p) else None)
+                      for p in model_paths)
+        if (weights or noise_input) and not any(is_python_spec(p) for p in model_paths):
+            raise ProbeError("--weights and --noise-input go with --model module.py:factory")
+        if train_data and not model_paths:
+            raise ProbeError("--train-data names the training images of a --model")
+        kwargs["models"] = OutsideModels(specs, train_data)
+        return func(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def probe_options(defaults, *, source: bool = True, images: bool = True, models: bool = True):
     """The options every probe command has, from its config's defaults: RUN..., --last,
     --sigmas, --images, --from, --seed, --figures/--no-figures, --dry-run, and (where the probe
-    runs on outside models) --diffusers with the data options."""
+    runs on outside models) --model and its companions with the data options."""
 
     def decorate(func):
         params = [
@@ -136,12 +192,8 @@ def probe_options(defaults, *, source: bool = True, images: bool = True, diffuse
                          help="Draw the figures afterwards."),
             dry_run_option,
         ]
-        if diffusers:
-            params.append(click.option(
-                "--diffusers", "diffusers", multiple=True, type=click.Path(),
-                help="A local diffusers DiTTransformer2DModel or UNet2DModel folder "
-                     "(save_pretrained), probed on the data set given by --dataset etc."))
-            func = data_options(func)
+        if models:
+            func = model_options(data_options(func))
         for param in reversed(params):
             func = param(func)
         return func
@@ -153,7 +205,8 @@ def echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
-def run_probe_command(name: str, store, refs, cfg, *, last: bool = False, diffusers=(),
+def run_probe_command(name: str, store, refs, cfg, *, last: bool = False,
+                      models: OutsideModels = OutsideModels(),
                       data_config=None, dry_run: bool = False, figures: bool = True,
                       describe=None, describe_runs=None):
     """Load the runs, then dry-run (print the plan) or run probe `name` through the driver;
@@ -164,7 +217,8 @@ def run_probe_command(name: str, store, refs, cfg, *, last: bool = False, diffus
 
     probe = pipeline.PROBES[name]
     probe.validate(cfg)  # before any run is loaded
-    runs = pipeline.load_runs(refs, store, diffusers=diffusers, data_config=data_config,
+    runs = pipeline.load_runs(refs, store, models=models.specs, train_data=models.train_data,
+                              data_config=data_config,
                               last=last, command=command_line(), log=echo_err)
     if dry_run:
         pipeline.check_runs(probe, runs, cfg)

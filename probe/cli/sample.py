@@ -22,7 +22,7 @@ _S = SampleConfig()
               help="Denoiser steps (kadkhodaie runs until its noise estimate < sigma_inf).")
 @click.option("--batch", type=click.IntRange(1), default=_S.batch, help="Samples per batch.")
 @click.pass_obj
-def sample(store, runs, last, seed, figures, dry_run, diffusers, data_config, n_samples,
+def sample(store, runs, last, seed, figures, dry_run, models, data_config, n_samples,
            sampler, steps, batch):
     """Sample RUN(s); writes probes/<run-id>/samples.h5 and samples.png. Sample i starts from
     the noise of (--seed, i): same seed, same noise, whatever the model.
@@ -30,5 +30,5 @@ def sample(store, runs, last, seed, figures, dry_run, diffusers, data_config, n_
     With no RUN, every finished run under the artifacts root (--last: those of the latest
     train-split)."""
     cfg = SampleConfig(n=n_samples, sampler=sampler, steps=steps, seed=seed, batch=batch)
-    run_probe_command("sample", store, runs, cfg, last=last, diffusers=diffusers,
+    run_probe_command("sample", store, runs, cfg, last=last, models=models,
                       data_config=data_config, dry_run=dry_run, figures=figures)

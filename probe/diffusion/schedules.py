@@ -13,19 +13,17 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
-class LinearSchedule:
-    """DiT/ADM linear beta schedule: beta from 1e-4 to 0.02 over T = 1000 steps."""
+class DiscreteSchedule:
+    """What every discrete schedule offers, from its `alphas_cumprod()` over `steps` steps."""
 
-    steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-    def betas(self) -> torch.Tensor:
-        return torch.linspace(self.beta_start, self.beta_end, self.steps, dtype=torch.float64)
+    steps: int
 
     def alphas_cumprod(self) -> torch.Tensor:
-        return torch.cumprod(1 - self.betas(), dim=0)
+        raise NotImplementedError
+
+    def betas(self) -> torch.Tensor:
+        abar = self.alphas_cumprod()
+        return 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
 
     def sigmas(self) -> torch.Tensor:
         """sigma(t) for t = 0..T-1 (increasing)."""
@@ -42,3 +40,35 @@ class LinearSchedule:
         t = (idx - 1).double() + frac
         t = torch.where(log_sigma <= log_sigmas[0], torch.zeros_like(t), t)
         return t.float()
+
+
+@dataclass(frozen=True)
+class LinearSchedule(DiscreteSchedule):
+    """DiT/ADM linear beta schedule: beta from 1e-4 to 0.02 over T = 1000 steps."""
+
+    steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def betas(self) -> torch.Tensor:
+        return torch.linspace(self.beta_start, self.beta_end, self.steps, dtype=torch.float64)
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.cumprod(1 - self.betas(), dim=0)
+
+
+@dataclass(frozen=True)
+class TabulatedSchedule(DiscreteSchedule):
+    """A schedule given by its table of alphas_cumprod: what a diffusers scheduler config
+    (linear, scaled_linear, squaredcos_cap_v2, trained betas) computes, taken from diffusers'
+    own scheduler so that no formula is re-derived here."""
+
+    abar: tuple[float, ...]
+    name: str = ""
+
+    @property
+    def steps(self) -> int:  # type: ignore[override]
+        return len(self.abar)
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.tensor(self.abar, dtype=torch.float64)

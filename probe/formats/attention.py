@@ -10,7 +10,8 @@ Layout (maps float16, gzip 1 + shuffle, one chunk per query x key map)::
                          DiT) and --maps is not none; head has length 1 under mean-heads
     /attention/layers/<hook name>/      one group per layer; attrs layer (forward-order index),
                          hook, grid_height, grid_width, stride_px (pixels per token: the patch
-                         size, or a UNet level's downsampling), window (0: global), heads
+                         size, or a UNet level's downsampling), window (0: global), partition
+                         (side of non-overlapping partitions, 0: none), heads
         maps             float16 [image, sigma, head, query, key]: read layers from here. A
                          virtual view of /attention/maps when that exists, else a real dataset
                          (UNets, U-DiT, DiffiT: layers at several resolutions)
@@ -85,7 +86,8 @@ class Layer:
     hook: str  # hook point name, relative to the backbone
     heads: int
     grid: Grid
-    window: int  # local window side in tokens, 0 = global
+    window: int  # local (query-centred, sliding) window side in tokens, 0 = global
+    partition: int = 0  # side of the non-overlapping partitions it attends within, 0 = none
 
 
 def stored_heads(layer: Layer, maps: str) -> int:
@@ -151,7 +153,8 @@ class MapWriter:
             g = root.require_group(f"layers/{layer.hook}")
             g.attrs.update({"layer": layer.index, "hook": layer.hook, "heads": layer.heads,
                             "grid_height": layer.grid.height, "grid_width": layer.grid.width,
-                            "stride_px": layer.grid.stride_px, "window": layer.window})
+                            "stride_px": layer.grid.stride_px, "window": layer.window,
+                            "partition": layer.partition})
             metrics = g.require_dataset("metrics", (images, sigmas, layer.heads, len(names)),
                                         "f4", exact=True)
             metrics.attrs["names"] = json.dumps(list(names))
@@ -216,6 +219,7 @@ def read_layers(path: str | Path) -> tuple[dict, np.ndarray, list[dict]]:
         layers = []
         for hook in attrs["hooks"]:
             a = decode_attrs(f[f"attention/layers/{hook}"].attrs)
+            a.setdefault("partition", 0)  # files written before partitions existed
             a["grid"] = Grid(int(a["grid_height"]), int(a["grid_width"]), float(a["stride_px"]))
             layers.append(a)
     return attrs, sigmas, layers
@@ -248,7 +252,7 @@ def query_maps(path: str | Path, query: str, sigma_index: int) -> tuple[dict, li
             g = layer["grid"]
             rows = f[f"attention/layers/{layer['hook']}/maps"][:, sigma_index, :,
                                                                 y * g.width + x, :]
-            out.append({**{k: layer[k] for k in ("layer", "hook", "window")},
+            out.append({**{k: layer[k] for k in ("layer", "hook", "window", "partition")},
                         "query": (y, x),
                         "map": rows.astype(np.float64).mean((0, 1)).reshape(g.height, g.width)})
     return attrs, out

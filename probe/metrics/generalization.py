@@ -96,23 +96,26 @@ def table_from_file(path: str | Path, threshold: float = mem.REPRODUCIBLE_THRESH
 
 
 def text_report(table: pd.DataFrame) -> str:
-    """PSNR gap and memorization per run, one line each (plus reproducibility per pair)."""
-    lines = [f"{'run':48s} {'N':>7s} {'split':>5s} {'PSNR gap (dB)':>13s} {'memorized':>9s} "
-             f"{'Carlini':>7s} {'reproducible':>12s} {'FID':>8s}"]
+    """PSNR gap and memorization per run, one line each: copies (the normalised memorized
+    fraction), l2 (the plain one), Carlini's ratio, and the median normalised a/b similarity
+    of its pairs."""
+    lines = [f"{'run':48s} {'N':>7s} {'split':>5s} {'PSNR gap (dB)':>13s} {'copies':>7s} "
+             f"{'l2':>5s} {'Carlini':>7s} {'a/b sim.':>8s} {'FID':>8s}"]
 
     def first(rows, metric):
         v = rows.loc[rows.metric == metric, "value"]
         return float(v.iloc[0]) if len(v) else math.nan
 
     for run, rows in table.groupby("run", sort=False):
-        repro = rows.loc[rows.metric == "reproducible_fraction", "value"]
-        repro_text = f"{repro.mean():12.2f}" if len(repro) else f"{'-':>12s}"
+        similarity = rows.loc[rows.metric == "similarity_normalised_median", "value"]
+        repro_text = f"{similarity.mean():8.2f}" if len(similarity) else f"{'-':>8s}"
         fid_value = first(rows, "fid")
         fid_text = f"{fid_value:8.2f}" if math.isfinite(fid_value) else f"{'-':>8s}"
         n = rows.n.iloc[0]
         lines.append(f"{run:48s} {'?' if pd.isna(n) else int(n):>7} {rows.split.iloc[0]:>5s} "
                      f"{first(rows, 'psnr_gap_mean'):13.2f} "
-                     f"{first(rows, 'memorized_fraction'):9.2f} "
+                     f"{first(rows, 'memorized_fraction_normalised'):7.2f} "
+                     f"{first(rows, 'memorized_fraction'):5.2f} "
                      f"{first(rows, 'carlini_ratio'):7.2f} {repro_text} {fid_text}")
     if table.metric.isin(QUALITY).any() and table.loc[table.metric == "fid", "value"].isna().all():
         lines.append(f"FID/KID/precision/recall {NO_WEIGHTS}")

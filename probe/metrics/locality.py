@@ -32,8 +32,8 @@ import torch
 
 from probe.formats.attention import Grid, read_metrics
 
-COLUMNS = ("run", "arch", "n", "split", "window", "sigma", "layer", "head", "metric", "value",
-           "hook")
+COLUMNS = ("run", "arch", "n", "split", "window", "partition", "sigma", "layer", "head", "metric",
+           "value", "hook")
 GAP_METRIC = "psnr_gap"
 MASS_FRACTION = 0.9
 
@@ -152,12 +152,14 @@ def tidy_table(meta: dict, sigmas, layers: list[dict]) -> pd.DataFrame:
             "sigma": np.asarray(sigmas, np.float64)[s.ravel()],
             "layer": int(info["layer"]), "head": h.ravel(),
             "metric": np.asarray(info["names"], object)[m.ravel()],
-            "value": values.ravel(), "window": int(info["window"]), "hook": info["hook"]}))
+            "value": values.ravel(), "window": int(info["window"]),
+            "partition": int(info.get("partition", 0)), "hook": info["hook"]}))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     df["run"], df["arch"], df["split"] = meta["run"], meta["arch"], meta["split"]
     df["n"] = pd.array([meta["n"]] * len(df), dtype="Int64")
     df = df[list(COLUMNS)]
-    return df.astype({"layer": "int64", "head": "int64", "window": "int64"})
+    return df.astype({"layer": "int64", "head": "int64", "window": "int64",
+                      "partition": "int64"})
 
 
 def table_from_file(path: str | Path) -> pd.DataFrame:

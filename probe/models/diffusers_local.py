@@ -6,16 +6,20 @@ Researchers can probe checkpoints they already own: a `DiTTransformer2DModel` or
 (`local_files_only`).
 
 The model is wrapped to the zoo's backbone contract (`forward(x, noise_cond, class_labels)`) and
-behind a `Denoiser` with the `ddpm` objective on the linear-beta schedule (how DiT and DDPM UNets
-are trained: epsilon prediction; a learned-variance half of the output is dropped). A class-
-conditional DiT is called with its null (classifier-free) class. Attention probabilities come out
-through hook points:
+behind `ScheduledDenoiser`, whose noise schedule and prediction type come from the scheduler
+config saved with it (`scheduler_config.json` beside `config.json`, as in the public DDPM
+CIFAR-10 repository, or `scheduler/` of a pipeline folder); neither is ever assumed, so a folder
+without one is refused. The table of alphas_cumprod is taken from diffusers' own scheduler built
+from that config (linear, scaled_linear, squaredcos_cap_v2 or trained betas), so the x0
+prediction is the one diffusers computes. A learned-variance half of the output is dropped. A
+class-conditional DiT is called with its null (classifier-free) class. Attention probabilities
+come out through hook points:
 
 - DiT: every `attn1` runs `HookedSelfAttention` (below): `transformer.transformer_blocks.{i}.
   attn1.processor.pattern` [batch, head, query, key], tokens row-major over the patch grid;
 - UNet2DModel: probe.models.unet's `HookedAttnProcessor` (`unet.<path>.processor.pattern`).
 
-`probe.runs.load_diffusers_run` puts such a model behind the Run protocol.
+`probe.external` puts such a model behind the Run protocol (`--model FOLDER`).
 """
 
 from __future__ import annotations
@@ -27,13 +31,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from probe import artifacts
+from probe.diffusion.schedules import TabulatedSchedule
 from probe.errors import ProbeError
 from probe.models.attention import explicit_attention
+from probe.models.denoiser import Denoiser
 from probe.models.hooks import HookPoint
 
 CLASSES = ("DiTTransformer2DModel", "UNet2DModel")
 SUBFOLDERS = ("transformer", "unet")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+SCHEDULER_CONFIG = "scheduler_config.json"
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 class HookedSelfAttention(nn.Module):
@@ -119,14 +128,14 @@ def model_folder(path: str | Path) -> tuple[Path, str]:
     """The folder holding the model's config.json, and the model's class name."""
     path = Path(path)
     if not path.is_dir():
-        raise ProbeError(f"--diffusers {path}: not a folder")
+        raise ProbeError(f"--model {path}: not a folder")
     if not (path / "config.json").is_file() and (path / "model_index.json").is_file():
         hits = [path / s for s in SUBFOLDERS if (path / s / "config.json").is_file()]
         if not hits:
             raise ProbeError(f"{path} is a pipeline without a transformer/ or unet/ model")
         path = hits[0]
     if not (path / "config.json").is_file():
-        raise ProbeError(f"--diffusers {path}: no config.json (save the model with "
+        raise ProbeError(f"--model {path}: no config.json (save the model with "
                          "save_pretrained)")
     class_name = artifacts.read_json(path / "config.json").get("_class_name", "")
     if class_name not in CLASSES:
@@ -135,6 +144,81 @@ def model_folder(path: str | Path) -> tuple[Path, str]:
     if not any((path / w).is_file() for w in WEIGHT_FILES):
         raise ProbeError(f"{path} has no weights ({WEIGHT_FILES[0]})")
     return path, class_name
+
+
+def scheduler_config(path: str | Path) -> tuple[Path, dict]:
+    """The scheduler config saved with the model at `path` (a model or pipeline folder)."""
+    path = Path(path)
+    folder, _ = model_folder(path)
+    candidates = [folder / SCHEDULER_CONFIG, path / SCHEDULER_CONFIG,
+                  path / "scheduler" / SCHEDULER_CONFIG,
+                  folder.parent / "scheduler" / SCHEDULER_CONFIG]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise ProbeError(f"{path} has no {SCHEDULER_CONFIG} (beside config.json or in "
+                         "scheduler/): the noise schedule and prediction type are never "
+                         "assumed; save the scheduler with it (scheduler.save_pretrained)")
+    return found, artifacts.read_json(found)
+
+
+def load_schedule(path: str | Path) -> tuple[TabulatedSchedule, str, dict]:
+    """(schedule, prediction type, the config) from the scheduler config saved with the model,
+    through diffusers' own scheduler class (DDPMScheduler when the class has no table)."""
+    import diffusers
+
+    where, cfg = scheduler_config(path)
+    beta = cfg.get("beta_schedule", "linear")
+    if cfg.get("trained_betas") is None and beta not in BETA_SCHEDULES:
+        raise ProbeError(f"{where}: beta_schedule {beta!r} is not supported "
+                         f"({', '.join(BETA_SCHEDULES)})")
+    prediction = cfg.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ProbeError(f"{where}: prediction_type {prediction!r} is not supported "
+                         f"({', '.join(PREDICTION_TYPES)})")
+    cls = getattr(diffusers, str(cfg.get("_class_name", "")), None)
+    try:
+        scheduler = cls.from_config(cfg) if cls is not None else None
+        if scheduler is None or not hasattr(scheduler, "alphas_cumprod"):
+            scheduler = diffusers.DDPMScheduler.from_config(cfg)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise ProbeError(f"{where}: {str(exc).splitlines()[0]}") from None
+    abar = scheduler.alphas_cumprod.double()
+    if not (abar > 0).all() or not (abar < 1).all():
+        raise ProbeError(f"{where}: alphas_cumprod must lie in (0, 1) (a zero terminal SNR "
+                         "schedule has no finite sigma at its last step)")
+    return TabulatedSchedule(tuple(abar.tolist()), beta), prediction, cfg
+
+
+class ScheduledDenoiser(Denoiser):
+    """diffusers' x0 prediction as D(x_noisy, sigma).
+
+    With abar = 1 / (1 + sigma^2) the diffusers state is x_t = sqrt(abar) x_noisy, fed at the
+    continuous timestep of sigma on the scheduler's own table (at a table sigma: that integer
+    step). The output o becomes x0 as the scheduler's `step` computes `pred_original_sample`:
+    epsilon: x_noisy - sigma o; sample: o; v_prediction: abar x_noisy - sqrt(1 - abar) o.
+    Unclipped: `clip_sample` is a sampler's choice and would zero the Jacobian on clipped pixels.
+    """
+
+    def __init__(self, backbone: nn.Module, schedule: TabulatedSchedule, prediction_type: str,
+                 channels: int, image_size: int):
+        super().__init__(backbone, "ddpm", channels, image_size, schedule)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction type {prediction_type!r}")
+        self.prediction_type = prediction_type
+
+    def forward(self, x_noisy: torch.Tensor, sigma, class_labels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x_noisy.dtype, device=x_noisy.device)
+        sigma = sigma.expand(x_noisy.shape[0]) if sigma.ndim == 0 else sigma.reshape(-1)
+        s = sigma.reshape(-1, 1, 1, 1)
+        root = (1 + s**2).sqrt()
+        out = self.backbone(x_noisy / root, self.schedule.timestep(sigma),
+                            class_labels)[:, :self.channels]
+        if self.prediction_type == "epsilon":
+            return x_noisy - s * out
+        if self.prediction_type == "sample":
+            return out
+        return x_noisy / root**2 - s / root * out
 
 
 def load_backbone(path: str | Path) -> tuple[DiffusersBackbone, dict]:

@@ -102,7 +102,8 @@ def discover(denoiser, image_shape: tuple[int, ...]) -> list[Layer]:
             raise ProbeError(f"{name}: expected [batch, head, query, key], got {list(shape)}")
         module = backbone.get_submodule(name.rsplit(".", 1)[0])
         grid = _grid(module, shape[2], tuple(image_shape[-2:]), name)
-        layers.append(Layer(index, name, shape[1], grid, int(getattr(module, "window", 0) or 0)))
+        layers.append(Layer(index, name, shape[1], grid, int(getattr(module, "window", 0) or 0),
+                            int(getattr(module, "partition", 0) or 0)))
     return layers
 
 
@@ -233,6 +234,7 @@ def probe_run(run, p: Plan, cfg: AttentionConfig, path: Path, command: str = "")
              "seed": cfg.seed, "image_size": int(x0.shape[-1]), "channels": int(x0.shape[1]),
              "dims": DIMS, "hooks": [la.hook for la in layers],
              "windows": [la.window for la in layers],
+             "partitions": [la.partition for la in layers],
              "grid_heights": [la.grid.height for la in layers],
              "grid_widths": [la.grid.width for la in layers],
              "strides_px": [float(la.grid.stride_px) for la in layers],

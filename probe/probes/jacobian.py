@@ -11,6 +11,14 @@ top-k singular vectors of J, and three scalars (attrs of the group):
     trace     = tr J                        (effective dimensionality of the local subspace)
     linearity = ||D(y) - J y|| / ||D(y)||   (0 for a locally linear, bias-free denoiser)
 
+Linearity is measured about the network's own zero: a network trained on [0, 1] data is bias-
+free there, f(y) = J y with y in [0, 1], which is the point -1 on the probe's [-1, 1] scale
+(probe.models.native). With o that point (`run.native_range`, default [-1, 1]: o = 0), the
+probe linearises g(u) = D(u + o) - o at u = y - o; g has the same Jacobian, trace and bases as D
+and equals f / a, so the stored linearity is ||f(y) - J y|| / ||f(y)|| on the network's scale.
+The sigma of every (image, sigma) is on the probe's [-1, 1] scale, as everywhere: a [0, 1]
+network sees noise of std sigma / 2 (a blind one is not told it; 255 sigma / 2 on 0..255).
+
 Two ways to get there:
 
 - `full`: the whole d x d J, as rows e_i^T J: one forward on a batch of `chunk` copies of y whose
@@ -81,13 +89,23 @@ LANCZOS_STEPS_PER_K = 8  # lanczos gives up after this x k + 128 steps
 # ------------------------------------------------------------------------------ linearisation
 
 
-def flat_denoiser(denoiser: Callable, sigma: float, shape: tuple[int, ...]) -> Callable:
-    """y [d] -> D(y, sigma) [d] for images of `shape` [C, H, W]; also row-wise on [B, d]."""
+def flat_denoiser(denoiser: Callable, sigma: float, shape: tuple[int, ...],
+                  origin: float = 0.0) -> Callable:
+    """u [d] -> D(u + o, sigma) - o [d] for images of `shape` [C, H, W] (o = `origin`, the
+    network's zero: module doc); also row-wise on [B, d]."""
 
     def f(v: torch.Tensor) -> torch.Tensor:
+        if origin:
+            return denoiser(v.reshape(-1, *shape) + origin, sigma).reshape(v.shape) - origin
         return denoiser(v.reshape(-1, *shape), sigma).reshape(v.shape)
 
     return f
+
+
+def native_origin(run) -> float:
+    """The network's zero on the probe's scale (0 for [-1, 1] networks, -1 for [0, 1] ones)."""
+    lo, hi = getattr(run, "native_range", (-1.0, 1.0))
+    return float(-(hi + lo) / (hi - lo))
 
 
 class Linearised:
@@ -360,7 +378,7 @@ def probe_run(run, p: dict, cfg: JacobianConfig, path: Path, command: str = "",
         return path
     attrs = {**run.provenance(), "command": command, "config": to_dict(cfg), "method": method,
              "images": p["images"]}
-    denoiser = run.denoiser
+    denoiser, origin = run.denoiser, native_origin(run)
     previous = set_backend(denoiser, "explicit")
     clean = run.images(rows)
     try:
@@ -372,9 +390,11 @@ def probe_run(run, p: dict, cfg: JacobianConfig, path: Path, command: str = "",
                         continue
                     start = time.perf_counter()
                     noisy = x0 + sigma * fixed_noise(tuple(x0.shape), cfg.seed, row, si)
-                    f = flat_denoiser(denoiser, sigma, tuple(x0.shape))
-                    basis = analyse(f, noisy.reshape(-1), cfg.k, method, cfg.tol, cfg.probes,
-                                    cfg.seed)
+                    f = flat_denoiser(denoiser, sigma, tuple(x0.shape), origin)
+                    basis = analyse(f, noisy.reshape(-1) - origin, cfg.k, method, cfg.tol,
+                                    cfg.probes, cfg.seed)
+                    if origin:
+                        basis = dataclasses.replace(basis, denoised=basis.denoised + origin)
                     seconds = time.perf_counter() - start
                     group = out.begin(key)
                     write_group(group, basis, x0.numpy(), noisy.numpy(),

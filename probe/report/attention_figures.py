@@ -51,7 +51,8 @@ def attention_map_figure(paths: list[Path], query: str, sigma_index: int, stem: 
                              figsize=(1.25 * cols + 0.8, 1.3 * rows + 0.7))
     for r, (attrs, layers) in enumerate(entries):
         for c, layer in enumerate(layers):
-            window = f", w{layer['window']}" if layer["window"] else ""
+            window = f", w{layer['window']}" if layer["window"] else \
+                (f", p{layer['partition']}" if layer.get("partition") else "")
             plots.attention_map(layer["map"], layer["query"], axes[r, c],
                                 title=f"layer {layer['layer']}{window}")
         for c in range(len(layers), cols):

@@ -80,15 +80,27 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def _with_runs(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """`table` (one row per model) with a last column naming the runs each row averages."""
+    index = [c for c in table.columns if c in MODEL]
+    if "run" not in df.columns or not index:
+        return table
+    keyed = df.assign(**{c: df[c].astype(str) for c in index})
+    runs = keyed.groupby(index)["run"].agg(lambda r: " ".join(sorted(set(r)))).rename("runs")
+    return table.merge(runs.reset_index(), on=index, how="left")
+
+
 def build_report(store: Artifacts) -> tuple[Path, str]:
+    """report.md and report.html from every table and figure; returns the markdown's path and
+    text."""
     from probe.report.attribution_figures import heads_figure
+    from probe.report.html import write_html
 
     build_joins(store)
     heads_figure(store)  # the one figure that needs two probes' tables
-    sections = ["# probe report", ""]
     words = headline(read_table(store.table(artifacts.GENERALIZATION_TABLE)))
-    if words:
-        sections += [*words, ""]
+    tables: list[tuple[str, pd.DataFrame]] = []
+    run_ids: set[str] = set()
     for name, metrics in HEADLINES.items():
         df = read_table(store.tables_dir / name)
         if df is None or df.empty:
@@ -96,16 +108,24 @@ def build_report(store: Artifacts) -> tuple[Path, str]:
         table = summarize(df, metrics)
         if table.empty:
             continue
-        sections += [f"## {name} (mean over images, sigmas, layers, heads)", "",
-                     _markdown(table), "", f"Full table: `tables/{name}.csv`", ""]
+        run_ids |= set(df["run"].astype(str)) if "run" in df.columns else set()
+        tables.append((f"{name} (mean over images, sigmas, layers, heads)",
+                       _with_runs(df, table)))
     gap = read_table(store.table(artifacts.LOCALITY_GAP_TABLE))
     if gap is not None and len(gap):
         overall = gap[gap["sigma"].isna()].pivot_table(index=["arch", "layer"], columns="metric",
                                                        values="rho").reset_index()
-        sections += ["## attention locality vs PSNR gap (Spearman rho across runs, over all "
-                     "sigmas)", "", _markdown(overall), "",
-                     f"Full table: `tables/{artifacts.LOCALITY_GAP_TABLE}.csv`", ""]
+        tables.append(("attention locality vs PSNR gap (Spearman rho across runs, over all "
+                       "sigmas)", overall))
     figures = sorted(store.figures_dir.rglob("*.png")) if store.figures_dir.is_dir() else []
+    sections = ["# probe report", ""]
+    if words:
+        sections += [*words, ""]
+    for title, table in tables:
+        source = title.split(" ")[0] if not title.startswith("attention locality") \
+            else artifacts.LOCALITY_GAP_TABLE
+        sections += [f"## {title}", "", _markdown(table.drop(columns="runs", errors="ignore")),
+                     "", f"Full table: `tables/{source}.csv`", ""]
     if figures:
         sections += ["## figures", ""]
         sections += [f"- `{p.relative_to(store.root)}`" for p in figures]
@@ -116,4 +136,5 @@ def build_report(store: Artifacts) -> tuple[Path, str]:
     text = "\n".join(sections)
     path = store.root / artifacts.REPORT_MD
     artifacts.write_text(path, text + "\n")
+    write_html(store, words, tables, figures, run_ids)
     return path, text

@@ -1,0 +1,72 @@
+"""`probe reproduce`: the papers' figures and tables, each one command away."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from probe.cli import cli
+
+
+@cli.command("reproduce")
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="Every target, its paper figure and cost.")
+@click.option("--scale", type=click.Choice(["laptop", "paper"]), default="laptop",
+              help="laptop: embedded or synthetic data, minutes on a CPU; paper: the papers' "
+                   "data sets, sizes, N and training lengths (GPUs).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a variable of the target (e.g. root=~/data/celeba, steps=500).")
+@click.option("--check", is_flag=True,
+              help="After running, test the target's expectation on its tables; exit 1 with "
+                   "a one-line reason when it does not hold.")
+@click.option("--publish", type=click.Path(file_okay=False), default=None,
+              help="With --check: copy the target's tables, figures and verdict (with the "
+                   "command, commit and wall time) into DIR/NAME (docs/results).")
+@click.option("--summarize", type=click.Path(file_okay=False), default=None,
+              help="Write DIR/README.md from the verdicts published there, beside the papers' "
+                   "numbers, and stop.")
+@click.option("--dry-run", is_flag=True, help="Print the commands and stop.")
+@click.pass_obj
+def reproduce_cmd(store, name, list_, scale, overrides, check, publish, summarize, dry_run):
+    """Run target NAME (`--list` shows them) at a scale, reusing runs other targets trained."""
+    import time
+
+    from probe.cli.options import command_line
+    from probe.reproduce import check_target, commit_of, listing, results_readme, run_target
+    from probe.reproduce import publish as publish_results
+
+    if summarize:
+        click.echo(f"results: {results_readme(summarize)}")
+        return
+    if list_:
+        rows = listing()
+        width = max(len(r["name"]) for r in rows)
+        click.echo(f"{'target':<{width}}  {'laptop min':>10}  {'paper':>22}  "
+                   "figure / what it shows")
+        for r in rows:
+            click.echo(f"{r['name']:<{width}}  {str(r['laptop_minutes']):>10}  "
+                       f"{str(r['paper_minutes']):>22}  {r['paper']}: {r['shows']}")
+        return
+    if not name:
+        raise click.UsageError("give a target NAME or --list")
+    pairs = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        pairs[key.strip()] = value.strip()
+    start = time.time()
+    runs = run_target(name, store, scale, pairs, dry_run=dry_run, echo=click.echo)
+    if dry_run or not check:
+        return
+    verdict = check_target(name, store, runs)
+    click.echo(f"check {'holds' if verdict.ok else 'FAILS'}: {verdict.reason}")
+    if publish:
+        folder = publish_results(name, store, runs, verdict, publish, start, {
+            "scale": scale, "command": command_line(), "commit": commit_of(),
+            "wall_s": round(time.time() - start, 1)})
+        click.echo(f"published: {folder}")
+    if not verdict.ok:
+        click.echo(f"error: {name}: {verdict.reason}", err=True)
+        sys.exit(1)
