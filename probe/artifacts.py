@@ -53,6 +53,7 @@ LAST_RUNS = "last-runs.json"
 ATTENTION_H5, JACOBIAN_H5, GENERALIZATION_H5, ATTRIBUTION_H5 = (
     "attention.h5", "jacobian.h5", "generalization.h5", "attribution.h5")
 SAMPLES_H5, SAMPLES_PNG = "samples.h5", "samples.png"
+COMPARE_H5, COMPARE_TABLE = "compare.h5", "compare"
 LOCALITY_TABLE, BASIS_TABLE, GENERALIZATION_TABLE, ATTRIBUTION_TABLE = (
     "locality", "basis", "generalization", "attribution")
 LOCALITY_GAP_TABLE, HEAD_LOCALITY_TABLE = "locality_gap", "head_locality"

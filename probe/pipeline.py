@@ -26,14 +26,14 @@ from probe.artifacts import Artifacts
 from probe.errors import ProbeError
 from probe.external_runs import load_model_run
 from probe.metrics.tables import upsert, write_table
-from probe.probes import attention, attribution, generalization, jacobian, samples
+from probe.probes import attention, attribution, compare, generalization, jacobian, samples
 from probe.probes.protocol import Probe
 from probe.report import figures as report_figures
 from probe.runs import Run, load_run, select_runs
 
 PROBES: dict[str, Probe] = {p.name: p for p in (attention.PROBE, jacobian.PROBE,
                                                  generalization.PROBE, attribution.PROBE,
-                                                 samples.PROBE)}
+                                                 samples.PROBE, compare.PROBE)}
 
 
 @dataclass

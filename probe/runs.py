@@ -1,8 +1,9 @@
 """The one interface every probe sees a model through: the `Run` protocol.
 
 A run trained here (`TrainedRun`), an outside model of any format (`--model PATH`:
-probe.external reads the files, probe.external_runs makes the Run), and an analytic denoiser are
-all Runs: a probe reads only the members below and never asks which kind it holds.
+probe.external reads the files, probe.external_runs makes the Run), and an analytic denoiser
+(probe.baselines.run.BaselineRun) are all Runs: a probe reads only the members below and
+never asks which kind it holds.
 
 - `denoiser`: D(x_noisy, sigma) -> x0_hat on images in `value_range` ([-1, 1]), eval mode;
 - `image_shape` (C, H, W) of what it denoises;
@@ -221,11 +222,16 @@ def find_run_dir(run: str | Path, store: Artifacts) -> Path:
     return path
 
 
-def load_run(run: str | Path, store: Artifacts, weights: str = "ema") -> TrainedRun:
-    """Load a run's denoiser (EMA weights by default) in eval mode."""
+def load_run(run: str | Path, store: Artifacts, weights: str = "ema") -> Run:
+    """Load a run's denoiser (EMA weights by default) in eval mode; a baseline run directory
+    (config.json with a `baseline` field) is rebuilt by probe.baselines.run."""
     directory = find_run_dir(run, store)
     where = directory / artifacts.RUN_CONFIG
     info = artifacts.read_json(where)
+    if isinstance(info, dict) and "baseline" in info:  # an analytic denoiser: no weights
+        from probe.baselines.run import load_baseline_run
+
+        return load_baseline_run(directory, info)
     config = run_config_from_dict(info, str(where))  # once, for every probe: types, ranges
     if not isinstance(info.get("data_dir"), str) or not info["data_dir"]:
         raise ProbeError(f"{where}: data_dir must name the run's data folder, got "

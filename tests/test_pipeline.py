@@ -66,7 +66,7 @@ def test_with_no_runs_at_all_one_line_says_what_to_do(tmp_path):
 
 def test_every_probe_command_runs_through_the_one_driver():
     assert set(pipeline.PROBES) == {"attention-locality", "jacobian-basis", "generalization",
-                                    "attribution", "sample"}
+                                    "attribution", "sample", "compare"}
     for name, probe in pipeline.PROBES.items():
         assert isinstance(probe, Probe) and probe.name == name
         assert name in cli.commands
@@ -74,7 +74,8 @@ def test_every_probe_command_runs_through_the_one_driver():
     commands = Path(__file__).resolve().parents[1] / "probe" / "cli"
     for name in pipeline.PROBES:
         module = commands / {"attention-locality": "attention.py",
-                             "jacobian-basis": "jacobian.py"}.get(name, f"{name}.py")
+                             "jacobian-basis": "jacobian.py",
+                             "compare": "baseline.py"}.get(name, f"{name}.py")
         calls = {n.func.id for n in ast.walk(ast.parse(module.read_text()))
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         assert "run_probe_command" in calls, module

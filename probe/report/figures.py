@@ -41,6 +41,12 @@ def _attribution(store: Artifacts, run_ids, cfg) -> list[Path]:
     return attribution_figures.draw(store, list(run_ids))
 
 
+def _compare(store: Artifacts, run_ids, cfg) -> list[Path]:
+    from probe.report import compare_figures
+
+    return compare_figures.draw(store, list(run_ids))
+
+
 def _samples(store: Artifacts, run_ids, cfg) -> list[Path]:
     """probes/<run>/samples.png: the grid of the run's samples.h5."""
     out = []
@@ -57,7 +63,8 @@ def _samples(store: Artifacts, run_ids, cfg) -> list[Path]:
 
 
 DRAWERS = {"attention-locality": _attention, "jacobian-basis": _jacobian,
-           "generalization": _generalization, "attribution": _attribution, "sample": _samples}
+           "generalization": _generalization, "attribution": _attribution, "sample": _samples,
+           "compare": _compare}
 
 
 def draw(probe: str, store: Artifacts, run_ids, cfg=None) -> list[Path]:
