@@ -26,7 +26,7 @@ the artifacts root, or with `last=True` those the latest `probe train-split` mad
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -36,8 +36,8 @@ import torch
 
 from probe import artifacts, checkpoints
 from probe.artifacts import Artifacts
-from probe.config import DataConfig, RunConfig, SubsetConfig, run_config_from_dict
-from probe.data.loader import gather, to_model_range
+from probe.config import RunConfig, SubsetConfig, run_config_from_dict
+from probe.data.loader import PreparedImages
 from probe.data.prepare import Prepared, load_prepared
 from probe.data.subsets import make_subsets, read_subsets
 from probe.errors import ProbeError
@@ -84,27 +84,8 @@ class Run(Protocol):
     def provenance(self) -> dict: ...
 
 
-class _PreparedImages:
-    """Rows of a prepared data set in the model range: what `images` is for runs on one."""
-
-    prepared: Prepared
-
-    def images(self, indices: np.ndarray) -> torch.Tensor:
-        """Rows of the data set as float [N, C, H, W] in [-1, 1]."""
-        return to_model_range(gather(self.prepared.images, np.asarray(indices, np.int64)))
-
-    @property
-    def data_sha256(self) -> str:
-        return self.prepared.sha256
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        m = self.prepared.manifest
-        return (int(m["channels"]), int(m["size"]), int(m["size"]))
-
-
 @dataclass
-class TrainedRun(_PreparedImages):
+class TrainedRun(PreparedImages):
     """A run directory written by `probe train-split`."""
 
     directory: Path
@@ -172,37 +153,18 @@ class TrainedRun(_PreparedImages):
                 "subset_sha256": self.info.get("subset_sha256", ""), "format": "probe-run"}
 
 
-@dataclass
-class ExternalRun(_PreparedImages):
-    """A model trained elsewhere, probed on a data set prepared here: it has no training
-    subset (N unknown), so metrics that need training images are not computed for it."""
+class TrainingRows:
+    """A run's training images as a sequence, read chunk by chunk (what nearest-neighbour
+    searches take: probe.metrics.memorization)."""
 
-    run_id: str
-    arch: str
-    denoiser: torch.nn.Module
-    weights: Path
-    checkpoint_sha256: str
-    prepared: Prepared
-    test_indices: np.ndarray
-    objective: str = "ddpm"
-    format: str = ""
-    train_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    n: int | None = None
-    split: str = ""
-    windows: tuple[str, ...] = ()
-    training: TrainingHistory | None = None
-    value_range: tuple[float, float] = VALUE_RANGE
+    def __init__(self, run):
+        self.run, self.indices = run, run.train_indices
 
-    @property
-    def dataset(self) -> str:
-        return str(self.prepared.manifest["source"])
+    def __len__(self) -> int:
+        return len(self.indices)
 
-    def provenance(self) -> dict:
-        return {"run_id": self.run_id, "arch": self.arch, "n": self.n, "split": self.split,
-                "dataset": self.dataset, "objective": self.objective,
-                "checkpoint": str(self.weights), "checkpoint_sha256": self.checkpoint_sha256,
-                "data_sha256": self.prepared.sha256, "subset_sha256": "",
-                "format": self.format}
+    def __getitem__(self, key):
+        return self.run.images(self.indices[key])
 
 
 # ------------------------------------------------------------------------------- loading
@@ -259,15 +221,6 @@ def held_out_rows(prepared: Prepared) -> np.ndarray:
         test = make_subsets(prepared.partition, SubsetConfig(ns=(1,)),
                             prepared.manifest["source"], prepared.sha256)["test"]
     return np.asarray(test, np.int64)
-
-
-def load_diffusers_run(path: str | Path, data_config: DataConfig, store: Artifacts,
-                       command: str = ""):
-    """A local diffusers folder as a Run on `data_config`'s data set: the scheduler config saved
-    with it gives the schedule and prediction type (probe.external_runs.load_model_run)."""
-    from probe.external_runs import load_model_run
-
-    return load_model_run(str(path), data_config, store, command)
 
 
 # ---------------------------------------------------------------------- choosing the runs

@@ -26,7 +26,7 @@ from probe.baselines.ideal import IdealDenoiser
 from probe.baselines.local import LocalScoreDenoiser, PatchSchedule, check_patch
 from probe.baselines.wiener import StationaryWiener, WienerDenoiser
 from probe.config import BASELINE_KINDS, BOUNDARIES, BaselineConfig, from_dict, to_dict
-from probe.data.loader import gather, to_model_range
+from probe.data.loader import PreparedImages, gather, to_model_range
 from probe.data.prepare import Prepared, load_prepared
 from probe.data.subsets import read_subsets
 from probe.errors import ProbeError
@@ -109,7 +109,7 @@ def label(cfg: BaselineConfig) -> str:
 
 
 @dataclass
-class BaselineRun:
+class BaselineRun(PreparedImages):
     """An analytic denoiser as a Run (protocol: probe.runs.Run)."""
 
     directory: Path
@@ -143,15 +143,6 @@ class BaselineRun:
     def dataset(self) -> str:
         return str(self.prepared.manifest["source"])
 
-    @property
-    def data_sha256(self) -> str:
-        return self.prepared.sha256
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        m = self.prepared.manifest
-        return (int(m["channels"]), int(m["size"]), int(m["size"]))
-
     @cached_property
     def train_indices(self) -> np.ndarray:
         doc = artifacts.read_json(self.directory / artifacts.RUN_SUBSET)
@@ -160,9 +151,6 @@ class BaselineRun:
     @cached_property
     def test_indices(self) -> np.ndarray:
         return np.asarray(read_subsets(self.prepared)["test"], np.int64)
-
-    def images(self, indices: np.ndarray) -> torch.Tensor:
-        return to_model_range(gather(self.prepared.images, np.asarray(indices, np.int64)))
 
     def provenance(self) -> dict:
         return {"run_id": self.run_id, "arch": self.arch, "n": self.n, "split": self.split,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from probe.cli import cli
+from probe.cli.options import parse_sets
 
 
 @cli.command("experiment")
@@ -17,12 +18,7 @@ def experiment_cmd(store, path, overrides, dry_run):
     """Run every step of an experiment file (each an ordinary probe command)."""
     from probe.experiments import run_experiment
 
-    pairs = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        pairs[key.strip()] = value.strip()
+    pairs = parse_sets(overrides)
     runs = run_experiment(path, str(store.root), pairs, dry_run=dry_run, echo=click.echo)
     if not dry_run:
         click.echo(f"experiment done: {len(runs)} runs under {store.root / 'runs'}")

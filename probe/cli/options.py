@@ -239,3 +239,14 @@ def run_probe_command(name: str, store, refs, cfg, *, last: bool = False,
     for path in result.figures:
         click.echo(f"figure: {path}")
     return result
+
+
+def parse_sets(items) -> dict[str, str]:
+    """--set KEY=VALUE options as a dict (a missing "=" or key is a usage error)."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        pairs[key.strip()] = value.strip()
+    return pairs

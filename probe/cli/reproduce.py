@@ -7,6 +7,7 @@ import sys
 import click
 
 from probe.cli import cli
+from probe.cli.options import parse_sets
 
 
 @cli.command("reproduce")
@@ -50,12 +51,7 @@ def reproduce_cmd(store, name, list_, scale, overrides, check, publish, summariz
         return
     if not name:
         raise click.UsageError("give a target NAME or --list")
-    pairs = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        pairs[key.strip()] = value.strip()
+    pairs = parse_sets(overrides)
     start = time.time()
     runs = run_target(name, store, scale, pairs, dry_run=dry_run, echo=click.echo)
     if dry_run or not check:

@@ -79,3 +79,21 @@ class StepBatches:
 
     def batch(self, step: int) -> torch.Tensor:
         return to_model_range(gather(self.images, self.indices_at(step)))
+
+
+class PreparedImages:
+    """What a Run on a prepared data set (`self.prepared`) derives from it: its rows in the model
+    range, its hash and its image shape."""
+
+    def images(self, indices: np.ndarray) -> torch.Tensor:
+        """Rows of the data set as float [N, C, H, W] in [-1, 1]."""
+        return to_model_range(gather(self.prepared.images, np.asarray(indices, np.int64)))
+
+    @property
+    def data_sha256(self) -> str:
+        return self.prepared.sha256
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        m = self.prepared.manifest
+        return (int(m["channels"]), int(m["size"]), int(m["size"]))

@@ -23,6 +23,7 @@ import pandas as pd
 
 from probe.formats import compare as fmt
 from probe.formats.h5 import decode_attrs
+from probe.metrics.tables import with_run_columns
 
 COLUMNS = ("run", "arch", "n", "split", "dataset", "theory", "source", "sigma", "step",
            "metric", "value", "note")
@@ -73,13 +74,7 @@ def table_from_file(path: str | Path) -> pd.DataFrame:
                     note="denoised estimates, median over samples")
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in
                                      ("run", "arch", "n", "split", "dataset")])
-    n = attrs.get("n", "")
-    df.insert(0, "dataset", attrs.get("dataset", ""))
-    df.insert(0, "split", attrs.get("split", ""))
-    df.insert(0, "n", pd.array([None if n in ("", None) else int(n)] * len(df), "Int64"))
-    df.insert(0, "arch", attrs["arch"])
-    df.insert(0, "run", attrs["run_id"])
-    return df[list(COLUMNS)]
+    return with_run_columns(df, attrs, COLUMNS)
 
 
 def text_report(table: pd.DataFrame) -> str:

@@ -26,6 +26,7 @@ from probe.formats import generalization as fmt
 from probe.formats.h5 import decode_attrs
 from probe.metrics import memorization as mem
 from probe.metrics.psnr import psnr_gap
+from probe.metrics.tables import with_run_columns
 
 COLUMNS = ("run", "arch", "n", "split", "dataset", "sigma", "metric", "value", "pair", "note")
 NO_WEIGHTS = "skipped: no --fid-weights given (no feature extractor is downloaded)"
@@ -86,13 +87,7 @@ def table_from_file(path: str | Path, threshold: float = mem.REPRODUCIBLE_THRESH
             for metric in QUALITY:
                 add(metric, g.attrs[metric], note=note)
     df = pd.DataFrame(rows)
-    n = attrs.get("n", "")
-    df.insert(0, "dataset", attrs.get("dataset", ""))
-    df.insert(0, "split", attrs.get("split", ""))
-    df.insert(0, "n", pd.array([None if n in ("", None) else int(n)] * len(df), "Int64"))
-    df.insert(0, "arch", attrs["arch"])
-    df.insert(0, "run", attrs["run_id"])
-    return df[list(COLUMNS)]
+    return with_run_columns(df, attrs, COLUMNS)
 
 
 def text_report(table: pd.DataFrame) -> str:

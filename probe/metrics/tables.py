@@ -94,3 +94,15 @@ def upsert(store: Artifacts, name: str, df: pd.DataFrame, key: str = "run") -> P
             df = pd.concat([old, df], ignore_index=True) if len(old) else df
         write_table(df, stem)
     return stem.with_suffix(".parquet")
+
+
+def with_run_columns(df: pd.DataFrame, attrs: dict, columns) -> pd.DataFrame:
+    """`df` with a probe file's run, arch, n (nullable), split and dataset in front, as the
+    tidy tables carry them, ordered as `columns`."""
+    n = attrs.get("n", "")
+    df.insert(0, "dataset", attrs.get("dataset", ""))
+    df.insert(0, "split", attrs.get("split", ""))
+    df.insert(0, "n", pd.array([None if n in ("", None) else int(n)] * len(df), "Int64"))
+    df.insert(0, "arch", attrs["arch"])
+    df.insert(0, "run", attrs["run_id"])
+    return df[list(columns)]

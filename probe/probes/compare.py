@@ -43,6 +43,7 @@ from probe.metrics.compare import table_from_file
 from probe.probes.calibration import calibrate, candidate_patches, noisy
 from probe.probes.common import check_inputs, probe_indices
 from probe.probes.samples import check_sampling, device, sample_seeds
+from probe.runs import TrainingRows
 
 TRAINING_METRICS = "the analytic denoisers (built from the run's own training subset)"
 NOT_IN_IDENTITY = ("theories", "batch")
@@ -72,19 +73,6 @@ def check_same_data(run, other) -> None:
                          f"{_label(other)}")
 
 
-class _Rows:
-    """A run's training images, read chunk by chunk (nearest neighbours of the samples)."""
-
-    def __init__(self, run):
-        self.run, self.indices = run, run.train_indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key):
-        return self.run.images(self.indices[key])
-
-
 def training_set(run, chunk: int) -> TrainingImages:
     rows = run.train_indices
     if not chunk:
@@ -99,7 +87,9 @@ class Plan:
 
 
 def _load_reference(ref: str):
-    from probe.runs import load_run  # runs sit below probes; imported here to keep start-up light
+    from probe.runs import (  # runs sit below probes; imported here to keep start-up light
+        load_run,
+    )
 
     path = Path(ref)
     return load_run(path, Artifacts.at(path.parent.parent))
@@ -232,7 +222,7 @@ def _model_trajectory(s: _Session):
     if not s.out.done(key):
         s.log(f"{s.run.run_id}: sampling {c.samples} model trajectories ({name})")
         samples, steps = _trajectory(s.model, seeds, name, sigmas, c.batch, s.dev)
-        idx, _ = mem.nearest_neighbours(samples, _Rows(s.run), 1, "l2")
+        idx, _ = mem.nearest_neighbours(samples, TrainingRows(s.run), 1, "l2")
         rows = s.run.train_indices[idx[:, 0].numpy()]
         g = s.out.begin(key)
         g.create_dataset("samples", data=samples.numpy())

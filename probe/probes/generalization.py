@@ -35,6 +35,7 @@ from probe.metrics.generalization import table_from_file
 from probe.metrics.psnr import denoising_psnr
 from probe.probes.common import check_inputs, probe_indices
 from probe.probes.samples import check_sampling, device, generate, sample_seeds
+from probe.runs import TrainingRows
 
 TRAINING_METRICS = "the PSNR gap (training vs held-out images) and nearest-training-image " \
                    "memorization"
@@ -112,19 +113,6 @@ def resolve_pairs(runs: list, explicit: list[tuple] = (), log=None) -> list[tupl
 # ---------------------------------------------------------------------------------- probing
 
 
-class _TrainingRows:
-    """A run's training images, read chunk by chunk by `nearest_neighbours`."""
-
-    def __init__(self, run):
-        self.run, self.indices = run, run.train_indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key):
-        return self.run.images(self.indices[key])
-
-
 @dataclass
 class _Session:
     """What the runs probed together share: their file paths, the feature extractor, and the
@@ -200,7 +188,7 @@ def _probe_psnr(run, s: _Session, out: ResumableH5) -> None:
 def _probe_neighbours(run, s: _Session, out: ResumableH5, samples: torch.Tensor) -> None:
     c = s.cfg
     group = out.begin(fmt.NEIGHBOURS)
-    reference = _TrainingRows(run)
+    reference = TrainingRows(run)
     s.log(f"{run.run_id}: nearest neighbours of {len(samples)} samples among "
           f"{len(reference)} training images")
     l2_idx, l2_dist = mem.nearest_neighbours(samples, reference, mem.CARLINI_K, "l2",
