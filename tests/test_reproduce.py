@@ -16,7 +16,7 @@ from tests.helpers import assert_one_line_error
 
 TARGETS = sorted(reproduce.targets())
 WANTED = {"kadkhodaie-fig2", "kadkhodaie-similarity", "kadkhodaie-calpha", "kadkhodaie-disks",
-          "kadkhodaie-gahb", "an-fig1", "an-psnr-gap", "an-locality", "an-windows"}
+          "kadkhodaie-gahb", "an-fig1", "an-psnr-gap", "an-locality", "an-windows", "kamb-els"}
 
 
 def invoke(root, *args):

@@ -203,7 +203,25 @@ def windows_lower_gap(store: Artifacts, runs: dict, *, large_change: float = 0.5
                        f"{large:+.2f} dB at N = {ns[-1]}", numbers)
 
 
+def els_closer_than_ideal(store: Artifacts, runs: dict) -> Verdict:
+    """Kamb & Ganguli: at the largest N the ELS machine's samples match the trained model's
+    (median trajectory r^2) better than the ideal denoiser's do."""
+    df = _table(store, artifacts.COMPARE_TABLE, runs)
+    rows = df[df["metric"] == "trajectory_r2"]
+    if rows.empty:
+        return Verdict(False, "no compare rows")
+    per = rows.groupby(["n", "theory"])["value"].mean()
+    numbers = {int(n): {t: round(float(v), 3) for t, v in g.droplevel(0).items()}
+               for n, g in per.groupby(level=0)}
+    largest = max(numbers)
+    els, ideal = numbers[largest].get("els"), numbers[largest].get("ideal")
+    if els is None or ideal is None:
+        return Verdict(False, "needs els and ideal rows", numbers)
+    return Verdict(els > ideal, f"N = {largest}: median trajectory r^2 ELS {els:.2f}, "
+                                f"ideal {ideal:.2f}", numbers)
+
+
 CHECKS = {"memorization_transition": memorization_transition, "calpha_slopes": calpha_slopes,
           "disks_dimension": disks_dimension, "harmonic_order": harmonic_order,
           "gap_falls_with_n": gap_falls_with_n, "locality_rises_with_n": locality_rises_with_n,
-          "windows_lower_gap": windows_lower_gap}
+          "windows_lower_gap": windows_lower_gap, "els_closer_than_ideal": els_closer_than_ideal}
