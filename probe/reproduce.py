@@ -25,6 +25,7 @@ another target already ran finds the finished run and returns it at once.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,6 +136,10 @@ def commit_of(directory: Path = TARGETS_DIR) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def _plain(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def publish(name: str, store: Artifacts, runs: dict[str, dict], verdict, out: Path,
             since: float, record: dict) -> Path:
     """docs/results/<target>/: its rows of every table (CSV), the figures drawn since `since`
@@ -156,9 +161,10 @@ def publish(name: str, store: Artifacts, runs: dict[str, dict], verdict, out: Pa
             target = folder / "figures" / path.relative_to(figures)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+    numbers = json.loads(json.dumps(verdict.numbers, default=_plain))  # numpy scalars too
     artifacts.write_json(folder / "verdict.json", {
-        "target": name, "holds": verdict.ok, "reason": verdict.reason,
-        "numbers": verdict.numbers, "runs": sorted(runs), **record})
+        "target": name, "holds": bool(verdict.ok), "reason": verdict.reason,
+        "numbers": numbers, "runs": sorted(runs), **record})
     return folder
 
 
@@ -166,7 +172,6 @@ def results_readme(out: Path, directory: Path = TARGETS_DIR) -> Path:
     """OUT/README.md: every published target's laptop result beside the paper's numbers, with
     the command, commit and wall time that made it, then OUT/NOTES.md (written by hand: where
     and why a result disagrees with the paper) when it exists."""
-    import json
 
     out = Path(out)
     lines = ["# Laptop-scale reproductions, as measured", "",

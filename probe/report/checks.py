@@ -28,6 +28,9 @@ class Verdict:
     reason: str
     numbers: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.ok = bool(self.ok)  # numpy comparisons give numpy booleans
+
 
 def _table(store: Artifacts, name: str, runs: dict) -> pd.DataFrame:
     df = read_table(store.table(name))
