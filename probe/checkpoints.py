@@ -7,10 +7,11 @@ newest complete one is where a killed run resumes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-import tempfile
+import struct
 from pathlib import Path
 
 import torch
@@ -48,28 +49,80 @@ def save_weights(path: Path, model: nn.Module, metadata: dict) -> None:
     state = clean_state_dict(unwrap(model).state_dict())
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             for k, v in metadata.items()}
+    artifacts.check_space(Path(path).parent, _nbytes(state), path)
     with artifacts.atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+        try:
+            save_file(state, str(tmp), metadata=meta)
+        except Exception as exc:  # noqa: BLE001 - SafetensorError wraps the OS's ENOSPC
+            if "No space left" in str(exc):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            raise
+        canonical_header(tmp)
+
+
+def _nbytes(state) -> int:
+    """Bytes of the tensors in a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_nbytes(v) for v in state)
+    return 0
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, in place. safetensors writes its metadata
+    in hash-map order, so the same weights would otherwise hash differently from save to save;
+    tensor offsets are relative to the data, so only the header's own bytes change."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        if len(text) <= length:  # pad with spaces, as safetensors does, to the same length
+            f.seek(8)
+            f.write(text + b" " * (length - len(text)))
+            return
+        data = f.read()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.write(data)
+
+
+def _loads(value: str):
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested absurdly deep
+        return value
 
 
 def read_metadata(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    out = {}
-    for key, value in meta.items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    """The metadata of a safetensors file, JSON values parsed; a damaged file is one line."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...
+        raise ProbeError(f"cannot read weights {path}: {exc}") from None
+    return {key: _loads(value) for key, value in meta.items()}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged file is a one-line ProbeError."""
+    try:
+        return clean_state_dict(load_file(str(path)))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise ProbeError(f"cannot read weights {path}: {exc}") from None
 
 
 def load_weights(path: Path, model: nn.Module) -> None:
     """Load into `model`, with a one-line error when the checkpoint is another architecture."""
-    try:
-        state = clean_state_dict(load_file(str(path)))
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise ProbeError(f"cannot read weights {path}: {exc}") from None
+    load_state_dict(read_state_dict(path), model, path)
+
+
+def load_state_dict(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Load tensors read from `path` into `model`; another architecture's are one line."""
     target = unwrap(model)
     own = target.state_dict()
     missing = sorted(set(own) - set(state))
@@ -88,7 +141,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: nn.Module,
     root = run_dir / artifacts.CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{artifacts.CHECKPOINT_PREFIX}{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{artifacts.CHECKPOINT_PREFIX}", dir=root))
+    need = _nbytes(unwrap(model).state_dict()) + _nbytes(unwrap(ema).state_dict()) + \
+        _nbytes(optimizer.state_dict())
+    artifacts.check_space(root, need, final)  # one line, and the last checkpoint kept
+    tmp = artifacts.make_temp_dir(root, final.name)  # a dead writer's is removed next time
     try:
         meta = {**metadata, "step": step}
         save_weights(tmp / artifacts.MODEL_WEIGHTS, model, meta)
@@ -118,4 +174,15 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / artifacts.TRAINING_STATE, map_location="cpu", weights_only=True)
+    """A checkpoint's training state; a damaged (truncated) file is a one-line ProbeError."""
+    path = checkpoint / artifacts.TRAINING_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - RuntimeError, EOFError, ...
+        raise ProbeError(f"checkpoint {checkpoint} is damaged ({path.name}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                         ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+            or "optimizer" not in state:
+        raise ProbeError(f"checkpoint {checkpoint} is damaged ({path.name} holds no step)")
+    return state

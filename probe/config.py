@@ -326,3 +326,131 @@ class GeneralizationConfig:
     threshold: float = 0.9  # a pair of same-noise samples is "reproducible" above this cosine
     fid_weights: str | None = None  # FID Inception state dict or TorchScript feature extractor
     pairs: tuple[tuple[str, str], ...] = ()  # run ids compared sample by sample (with twins)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _type_error(tp, value, where: str) -> str | None:
+    """Why `value` is not of annotated type `tp` (None when it is)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _type_error(next(a for a in args if a is not type(None)), value, where)
+    if dataclasses.is_dataclass(tp):
+        if not dataclasses.is_dataclass(value):
+            return f"{where} must be a table, got {value!r}"
+        hints = typing.get_type_hints(tp)
+        for f in dataclasses.fields(tp):
+            why = _type_error(hints[f.name], getattr(value, f.name), f"{where}.{f.name}")
+            if why:
+                return why
+        return None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return f"{where} must be a list, got {value!r}"
+        inner = typing.get_args(tp)[0]
+        return next((w for w in (_type_error(inner, v, f"{where}[{i}]")
+                                 for i, v in enumerate(value)) if w), None)
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}.get(tp, lambda v: True)
+    return None if ok(value) else f"{where} must be {tp.__name__}, got {value!r}"
+
+
+def _range_errors(cfg: RunConfig):
+    """Why each field of a well-typed RunConfig is out of range, one reason at a time."""
+    d, s, m, t = cfg.data, cfg.subsets, cfg.model, cfg.train
+
+    def finite(v):
+        return v is not None and math.isfinite(v)
+
+    checks = [
+        ("data.dataset", d.dataset, d.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
+        ("data.size", d.size, 2 <= d.size <= 4096, "in 2..4096"),
+        ("data.channels", d.channels, d.channels in (None, 1, 3), "1 or 3"),
+        ("data.crop", d.crop, d.crop in CROPS, f"one of {', '.join(CROPS)}"),
+        ("data.dedup", d.dedup, d.dedup is None or (finite(d.dedup) and 0 < d.dedup <= 1),
+         "in (0, 1]"),
+        ("data.count", d.count, d.count is None or d.count >= 1, ">= 1"),
+        ("data.alpha", d.alpha, finite(d.alpha) and d.alpha > 0, "a finite number > 0"),
+        ("data.generator_seed", d.generator_seed, d.generator_seed >= 0, ">= 0"),
+        ("subsets.ns", s.ns, bool(s.ns) and min(s.ns) >= 1, "one or more sizes >= 1"),
+        ("subsets.seed", s.seed, s.seed >= 0, ">= 0"),
+        ("subsets.test_size", s.test_size, s.test_size >= 0, ">= 0"),
+        ("model.arch", m.arch, bool(m.arch.strip()), "a preset name"),
+        ("model.image_size", m.image_size, 2 <= m.image_size <= 4096, "in 2..4096"),
+        ("model.channels", m.channels, m.channels in (1, 3), "1 or 3"),
+        ("model.num_classes", m.num_classes, m.num_classes >= 0, ">= 0"),
+        ("train.n", t.n, t.n >= 1, ">= 1"),
+        ("train.split", t.split, t.split in ("a", "b"), "a or b"),
+        ("train.objective", t.objective, t.objective in OBJECTIVES,
+         f"one of {', '.join(OBJECTIVES)}"),
+        ("train.steps", t.steps, t.steps >= 1, ">= 1"),
+        ("train.kimg", t.kimg, t.kimg is None or (finite(t.kimg) and t.kimg > 0),
+         "a finite number > 0"),
+        ("train.batch", t.batch, t.batch >= 1, ">= 1"),
+        ("train.lr", t.lr, finite(t.lr) and t.lr > 0, "a finite number > 0"),
+        ("train.lr_warmup_kimg", t.lr_warmup_kimg,
+         finite(t.lr_warmup_kimg) and t.lr_warmup_kimg >= 0, "a finite number >= 0"),
+        ("train.lr_schedule", t.lr_schedule, t.lr_schedule in LR_SCHEDULES,
+         f"one of {', '.join(LR_SCHEDULES)}"),
+        ("train.weight_decay", t.weight_decay, finite(t.weight_decay) and t.weight_decay >= 0,
+         "a finite number >= 0"),
+        ("train.ema_halflife_kimg", t.ema_halflife_kimg,
+         finite(t.ema_halflife_kimg) and t.ema_halflife_kimg > 0, "a finite number > 0"),
+        ("train.ema_rampup", t.ema_rampup,
+         t.ema_rampup is None or (finite(t.ema_rampup) and t.ema_rampup >= 0),
+         "a finite number >= 0"),
+        ("train.ema_decay", t.ema_decay,
+         t.ema_decay is None or (finite(t.ema_decay) and 0 <= t.ema_decay <= 1), "in [0, 1]"),
+        ("train.grad_clip", t.grad_clip, finite(t.grad_clip) and t.grad_clip >= 0,
+         "a finite number >= 0"),
+        ("train.seed", t.seed, t.seed >= 0, ">= 0"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 1, ">= 1"),
+        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+        ("train.eval_every", t.eval_every, t.eval_every >= 0, ">= 0"),
+        ("train.eval_images", t.eval_images, t.eval_images >= 1, ">= 1"),
+        ("train.eval_sigmas", t.eval_sigmas,
+         bool(t.eval_sigmas) and all(finite(v) and v > 0 for v in t.eval_sigmas),
+         "finite numbers > 0"),
+        ("train.sample_grid", t.sample_grid, t.sample_grid >= 0, ">= 0"),
+        ("train.sample_steps", t.sample_steps, t.sample_steps >= 1, ">= 1"),
+        ("train.compile", t.compile, t.compile in ("auto", "on", "off"), "auto, on or off"),
+        ("train.precision", t.precision, t.precision in ("auto", "fp32", "bf16"),
+         "auto, fp32 or bf16"),
+    ]
+    for name, value, good, want in checks:
+        if not good:
+            yield f"{name} must be {want}, got {value!r}"
+
+
+def check_run_config(cfg: RunConfig, where: str = "") -> RunConfig:
+    """A one-line ProbeError for the first field of `cfg` of the wrong type or out of range
+    (`where` prefixes it: the file it came from); returns `cfg`. Run once on every config a run
+    is trained from and on every config.json a probe loads."""
+    prefix = f"{where}: " if where else ""
+    why = _type_error(RunConfig, cfg, "config") or next(_range_errors(cfg), None)
+    if why:
+        raise ProbeError(prefix + why.removeprefix("config."))
+    return cfg
+
+
+def run_config_from_dict(data, where: str = "") -> RunConfig:
+    """A RunConfig from a run's config.json, checked (`check_run_config`): a damaged or
+    hand-edited file is one line naming what is wrong."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(data, dict):
+        raise ProbeError(f"{prefix}not a run configuration (a JSON object)")
+    sections = {k: data[k] for k in ("data", "subsets", "model", "train") if k in data}
+    for key, value in sections.items():
+        if not isinstance(value, dict):
+            raise ProbeError(f"{prefix}{key} must be a table, got {value!r}")
+    try:
+        cfg = from_dict(RunConfig, sections)
+    except (ValueError, TypeError, AttributeError) as exc:  # unknown fields, wrong shapes
+        raise ProbeError(f"{prefix}{exc}") from None
+    return check_run_config(cfg, where)

@@ -37,13 +37,41 @@ def load(path: str | Path) -> dict:
     if not path.is_file():
         raise ProbeError(f"experiment file not found: {path}")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProbeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProbeError(f"{path}: {exc}") from None
     steps = doc.get("step")
-    if not steps or not all(isinstance(s.get("run"), list) for s in steps):
-        raise ProbeError(f"{path}: needs [[step]] tables, each with a run = [...] list")
+    if not isinstance(steps, list) or not steps or not all(
+            isinstance(s, dict) and isinstance(s.get("run"), list) and s["run"]
+            and all(isinstance(a, str | int | float) for a in s["run"]) for s in steps):
+        raise ProbeError(f"{path}: needs [[step]] tables, each with a run = [...] list of a "
+                         "command and its arguments")
+    if not isinstance(doc.get("vars", {}), dict):
+        raise ProbeError(f"{path}: [vars] must be a table")
     return doc
+
+
+_RUNNING: list[Path] = []  # experiment files being run, outermost first (a step may run one)
+
+
+def check_step(args: list[str], artifacts_root: str) -> None:
+    """A step is a command with its arguments: it inherits the experiment's artifacts root and
+    may not override it, nor --resume a run outside it."""
+    if not args or str(args[0]).startswith("-"):
+        raise ProbeError(f"a step starts with a command name, got {args[:1] or 'nothing'} "
+                         "(steps inherit the experiment's --artifacts)")
+    root = Path(artifacts_root).resolve()
+    for i, arg in enumerate(args):
+        if arg == "--artifacts" or arg.startswith("--artifacts="):
+            raise ProbeError(f"{args[0]}: a step may not set --artifacts (it writes under the "
+                             f"experiment's root, {artifacts_root})")
+        if arg == "--resume" or arg.startswith("--resume="):
+            target = arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
+            if target and not Path(target).resolve().is_relative_to(root):
+                raise ProbeError(f"{args[0]}: --resume {target} is outside the experiment's "
+                                 f"artifacts root {artifacts_root}")
 
 
 def expand(args: list[str], variables: dict[str, str], runs: dict[int, list[str]]
@@ -116,7 +144,15 @@ def run_experiment(path: str | Path, artifacts_root: str, overrides: dict[str, s
                    dry_run: bool = False, echo=print) -> list[str]:
     """Run every step in order through the real CLI; returns the runs trained."""
     doc = load(path)
-    return run_steps(doc, variables_of(doc, overrides, str(path)), artifacts_root, dry_run, echo)
+    here = Path(path).resolve()
+    if here in _RUNNING:
+        raise ProbeError(f"{path} runs itself (through {' -> '.join(p.name for p in _RUNNING)})")
+    _RUNNING.append(here)
+    try:
+        return run_steps(doc, variables_of(doc, overrides, str(path)), artifacts_root, dry_run,
+                         echo)
+    finally:
+        _RUNNING.pop()
 
 
 def run_steps(doc: dict, variables: dict[str, str], artifacts_root: str, dry_run: bool = False,
@@ -125,6 +161,10 @@ def run_steps(doc: dict, variables: dict[str, str], artifacts_root: str, dry_run
     runs: dict[int, list[str]] = {}
     for i, step in enumerate(doc["step"], 1):
         args = expand(step["run"], variables, runs)
+        try:
+            check_step(args, artifacts_root)
+        except ProbeError as exc:
+            raise ProbeError(f"step {i}: {exc}") from None
         echo(f"[{i}/{len(doc['step'])}] $ probe --artifacts {artifacts_root} "
              + " ".join(shlex.quote(a) for a in args))
         if dry_run:

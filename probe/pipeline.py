@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe import locks
 from probe.artifacts import Artifacts
 from probe.errors import ProbeError
 from probe.external_runs import load_model_run
@@ -95,7 +96,9 @@ def run_probe(probe: Probe | str, runs: list[Run], store: Artifacts, cfg, *, com
     plans = probe.plan(runs, cfg, paths, log)
     for run, plan, path in zip(runs, plans, paths):
         log(f"{probe.name}: {run.run_id} ({run.arch})")
-        probe.probe(run, plan, cfg, path, command, log)
+        with locks.hold(store.lock("probe", f"{run.run_id}-{path.name}"),
+                        f"{path} is being written", wait=True, log=log):  # a second one waits
+            probe.probe(run, plan, cfg, path, command, log)
     table, table_path = probe.tidy(runs, paths, cfg), None
     if probe.table and len(table):
         for run in runs:

@@ -35,7 +35,7 @@ import torch
 
 from probe import artifacts, checkpoints
 from probe.artifacts import Artifacts
-from probe.config import DataConfig, RunConfig, SubsetConfig, from_dict
+from probe.config import DataConfig, RunConfig, SubsetConfig, run_config_from_dict
 from probe.data.loader import gather, to_model_range
 from probe.data.prepare import Prepared, load_prepared
 from probe.data.subsets import make_subsets, read_subsets
@@ -210,10 +210,12 @@ class ExternalRun(_PreparedImages):
 def find_run_dir(run: str | Path, store: Artifacts) -> Path:
     """A run given as a path, or as a run id under the artifacts root."""
     path = Path(run)
-    if not path.exists() and (store.run_dir(str(run))).exists():
+    if not path.exists() and path.name == str(run) and store.run_dir(str(run)).exists():
         path = store.run_dir(str(run))
     if not path.is_dir():
         raise ProbeError(f"run not found: {run}")
+    if path.name in ("", ".", ".."):  # "runs/x/..": the directory it names, not a run ".."
+        path = path.resolve()
     if not (path / artifacts.RUN_CONFIG).is_file():
         raise ProbeError(f"{path} is not a run directory (no {artifacts.RUN_CONFIG})")
     return path
@@ -222,8 +224,12 @@ def find_run_dir(run: str | Path, store: Artifacts) -> Path:
 def load_run(run: str | Path, store: Artifacts, weights: str = "ema") -> TrainedRun:
     """Load a run's denoiser (EMA weights by default) in eval mode."""
     directory = find_run_dir(run, store)
-    info = artifacts.read_json(directory / artifacts.RUN_CONFIG)
-    config = from_dict(RunConfig, {k: info[k] for k in RUN_FIELDS if k in info})
+    where = directory / artifacts.RUN_CONFIG
+    info = artifacts.read_json(where)
+    config = run_config_from_dict(info, str(where))  # once, for every probe: types, ranges
+    if not isinstance(info.get("data_dir"), str) or not info["data_dir"]:
+        raise ProbeError(f"{where}: data_dir must name the run's data folder, got "
+                         f"{info.get('data_dir')!r}")
     path = directory / f"{weights}.safetensors"
     if not path.is_file():
         raise ProbeError(f"{directory} has no {path.name}: the run has not finished training")

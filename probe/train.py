@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from probe import artifacts, checkpoints, seeding
+from probe import artifacts, checkpoints, locks, seeding
 from probe.artifacts import Artifacts
-from probe.config import RunConfig, to_dict
+from probe.config import RunConfig, check_run_config, run_config_from_dict, to_dict
 from probe.data.loader import StepBatches, gather, to_model_range, to_uint8
-from probe.data.prepare import Prepared, prepare
-from probe.data.subsets import max_n, subset_indices, write_subsets
+from probe.data.prepare import Prepared, peek, prepare
+from probe.data.subsets import make_subsets, max_n, subset_indices, write_subsets
 from probe.diffusion.losses import training_loss
 from probe.diffusion.samplers import default_sampler, sample_from_seeds
 from probe.errors import ProbeError
@@ -67,6 +67,26 @@ def resolve(cfg: RunConfig, prepared: Prepared) -> RunConfig:
     return dataclasses.replace(cfg, model=model)
 
 
+def dry_run(cfg: RunConfig, store: Artifacts, resume: Path | None = None) -> RunConfig:
+    """What `train_run` would train, resolved, with what it would refuse (a config out of range,
+    N larger than the split, --resume of another run) refused the same way; nothing is
+    written and the data set is neither decoded nor prepared."""
+    check_run_config(cfg)
+    channels, partition, _ = peek(cfg.data, store)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, image_size=cfg.data.size, channels=channels))
+    t = cfg.train
+    pool = make_subsets(partition, dataclasses.replace(cfg.subsets, ns=(1,)), "", "")
+    most = max_n(pool["pool_size"], t.split)
+    if t.n > most:
+        raise ProbeError(f"N={t.n} is not available: split {t.split} holds at most {most}")
+    if resume:
+        if not (Path(resume) / CONFIG).is_file():
+            raise ProbeError(f"--resume {resume}: not a run directory (no {CONFIG})")
+        _check_resume(Path(resume), cfg)
+    return cfg
+
+
 def _device() -> torch.device:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -91,6 +111,7 @@ def _step_seed(seed: int, step: int) -> int:
 def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
     """A run directory may be resumed only by the configuration that made it (steps may grow)."""
     saved = artifacts.read_json(run_dir / CONFIG)
+    saved = to_dict(run_config_from_dict(saved, str(run_dir / CONFIG)))  # damaged: one line
     if saved["model"].get("arch") != cfg.model.arch:
         raise ProbeError(f"{run_dir} is a checkpoint of {saved['model'].get('arch')}, "
                          f"not {cfg.model.arch}")
@@ -146,6 +167,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
     """Train (or resume, or find finished) the run described by `cfg`; returns its directory."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     rank, world = _distributed()
+    check_run_config(cfg)
     t = cfg.train
     if t.split not in ("a", "b"):
         raise ProbeError(f"--split must be a or b, got {t.split!r}")
@@ -168,6 +190,27 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
         if not (run_dir / CONFIG).is_file():
             raise ProbeError(f"--resume {run_dir}: not a run directory (no {CONFIG})")
         _check_resume(run_dir, cfg)
+    if rank == 0:  # one trainer per run: a second one is refused in one line
+        lock = locks.hold(store.lock("run", run_dir.name), f"run {run_dir.name} is being trained")
+        with lock:
+            return _train_locked(cfg, run_dir, prepared, doc, doc_path, indices, command,
+                                 log, progress, rank, world)
+    return _train_locked(cfg, run_dir, prepared, doc, doc_path, indices, command, log,
+                         progress, rank, world)
+
+
+def _finished(run_dir: Path, total: int) -> bool:
+    """A run whose EMA weights (written last) record at least `total` steps."""
+    path = run_dir / artifacts.EMA_WEIGHTS
+    try:
+        return path.is_file() and int(checkpoints.read_metadata(path).get("step", -1)) >= total
+    except (ProbeError, TypeError, ValueError):  # damaged final weights: train them again
+        return False
+
+
+def _train_locked(cfg, run_dir, prepared, doc, doc_path, indices, command, log, progress,
+                  rank, world) -> Path:
+    t = cfg.train
     device = _device()
     total = t.total_steps
     torch.manual_seed(t.seed)
@@ -186,18 +229,24 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
     metadata = {"arch": cfg.model.arch, "config": to_dict(cfg), "run_id": run_dir.name}
 
     start = 0
-    done = checkpoints.checkpoints(run_dir)
-    if done:
-        last = done[-1]
-        checkpoints.load_weights(last / artifacts.MODEL_WEIGHTS, denoiser.backbone)
-        checkpoints.load_weights(last / artifacts.EMA_WEIGHTS, ema.backbone)
-        state = checkpoints.load_state(last)
+    if _finished(run_dir, total):  # without reading checkpoints: one may be damaged
+        log(f"{run_dir.name}: already trained ({total} steps)")
+        return run_dir
+    for last in reversed(checkpoints.checkpoints(run_dir)):
+        try:
+            state = checkpoints.load_state(last)
+            model_sd = checkpoints.read_state_dict(last / artifacts.MODEL_WEIGHTS)
+            ema_sd = checkpoints.read_state_dict(last / artifacts.EMA_WEIGHTS)
+        except ProbeError as exc:  # a damaged checkpoint: set aside, the one before it used
+            log(f"warning: {exc}; set aside, resuming from the one before it")
+            last.rename(last.with_name("damaged-" + last.name))
+            continue
+        checkpoints.load_state_dict(model_sd, denoiser.backbone, last / artifacts.MODEL_WEIGHTS)
+        checkpoints.load_state_dict(ema_sd, ema.backbone, last / artifacts.EMA_WEIGHTS)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-        if start >= total and (run_dir / artifacts.EMA_WEIGHTS).is_file():
-            log(f"{run_dir.name}: already trained ({start} steps)")
-            return run_dir
         log(f"{run_dir.name}: resuming at step {start}")
+        break
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         artifacts.write_json(run_dir / CONFIG, config_doc)
@@ -223,6 +272,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
     curves = EvalImages(images, indices, doc["test"], t, device) if t.eval_every else None
     bar = reporter(progress and rank == 0, start, total, run_dir.name)  # on stderr
     tick, seen = time.perf_counter(), 0
+    finite = torch.ones((), dtype=torch.bool, device=device)  # every loss so far (no sync)
     for step in range(start, total):
         torch.manual_seed(_step_seed(t.seed, step))
         lr = lr_at(t, step, total)
@@ -231,6 +281,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
         x0 = batches.batch(step).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = training_loss(model, x0)
+        finite &= torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(params, t.grad_clip) if t.grad_clip else None
@@ -250,6 +301,8 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
             bar(done_steps, record["loss"], record["images_per_s"])
         elif rank == 0 and curves is not None and done_steps % t.eval_every == 0:
             _append_stats(run_dir / STATS, {"step": done_steps, **curves(denoiser)})
+        if done_steps % t.checkpoint_every == 0 or done_steps == total:
+            _stop_if_diverged(finite, run_dir, done_steps, lr)  # before anything is saved
         if rank == 0 and (done_steps % t.checkpoint_every == 0 or done_steps == total):
             checkpoints.save_checkpoint(run_dir, done_steps, denoiser.backbone, ema.backbone,
                                         optimizer, metadata, t.keep_checkpoints)
@@ -269,6 +322,17 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
     if world > 1:
         torch.distributed.barrier()
     return run_dir
+
+
+def _stop_if_diverged(finite: torch.Tensor, run_dir: Path, step: int, lr: float) -> None:
+    """A non-finite loss stops the run in one line, before its weights overwrite the last
+    finite checkpoint (which stays where a rerun resumes)."""
+    if bool(finite):
+        return
+    kept = checkpoints.checkpoints(run_dir)
+    raise ProbeError(f"{run_dir.name}: the loss became non-finite (NaN or inf) before step "
+                     f"{step} (lr {lr:g}); stopped, keeping the last finite checkpoint "
+                     f"({kept[-1].name if kept else 'none'}); lower --lr or set --grad-clip")
 
 
 def _truncate_stats(path: Path, step: int) -> None:

@@ -22,8 +22,8 @@ LAYERS = (
     ("probe.diffusion.schedules",),
     ("probe.formats", "probe.checkpoints"),
     ("probe.data",),
-    ("probe.config", "probe.artifacts", "probe.errors", "probe.seeding", "probe.allocator",
-     "probe.progress", "probe"),
+    ("probe.config", "probe.artifacts", "probe.locks", "probe.errors", "probe.seeding",
+     "probe.allocator", "probe.progress", "probe"),
 )
 
 

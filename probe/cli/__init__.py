@@ -6,6 +6,7 @@ prints one line on stderr and exits with code 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -28,7 +29,22 @@ class ProbeGroup(click.Group):
             _fail(exc.format_message())
         except ProbeError as exc:
             _fail(str(exc))
+        except OSError as exc:  # the file system said no: read-only, full, a name too long ...
+            _fail(os_error_line(exc))
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as the one line a user can act on, naming the path."""
+    path = exc.filename or ""
+    if exc.errno == errno.ENOSPC:
+        from probe.artifacts import free_bytes
+
+        free = free_bytes(path) if path else None
+        return (f"no space left on device while writing {path or 'the artifacts'}"
+                + (f"; {free / 1e6:.1f} MB free" if free is not None else ""))
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {path}" if path else reason
 
 
 def _fail(message: str) -> None:
@@ -45,6 +61,9 @@ def _fail(message: str) -> None:
 @click.pass_context
 def cli(ctx: click.Context, artifacts_root: str) -> None:
     """Train diffusion denoisers on nested subsets and explain how they generalize."""
+    if not artifacts_root.strip():
+        raise click.BadParameter("must name a folder, got an empty path",
+                                 param_hint="'--artifacts'")
     ctx.obj = Artifacts.at(artifacts_root)
 
 

@@ -36,7 +36,7 @@ def prepare_cmd(store, data_config, dry_run):
 @data_options
 @click.option("--n", "ns", type=click.IntRange(1), multiple=True, required=True,
               help="Subset size; repeat for several.")
-@click.option("--seed", type=int, default=_SUBSETS.seed, help="Permutation seed.")
+@click.option("--seed", type=click.IntRange(0), default=_SUBSETS.seed, help="Permutation seed.")
 @click.option("--test-size", type=click.IntRange(0), default=_SUBSETS.test_size,
               help="Held-out images (at most a fifth of a set without a test partition).")
 @dry_run_option

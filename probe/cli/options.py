@@ -51,7 +51,7 @@ def data_options(func):
                           f"(default {SYNTHETIC_COUNT})."),
         click.option("--alpha", type=click.FloatRange(0, min_open=True),
                      default=_DEFAULT.alpha, help="c-alpha: boundary regularity."),
-        click.option("--generator-seed", type=int, default=_DEFAULT.generator_seed,
+        click.option("--generator-seed", type=click.IntRange(0), default=_DEFAULT.generator_seed,
                      help="Synthetic sets and patches: generator seed."),
     ]
 

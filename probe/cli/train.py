@@ -57,8 +57,9 @@ _T, _M, _S = TrainConfig(), ModelConfig(), SubsetConfig()
                    "held-out images) in stats.jsonl and curves.png; 0: off.")
 @click.option("--grad-clip", type=click.FloatRange(0), default=_T.grad_clip,
               help="Clip the gradient norm (0: off).")
-@click.option("--seed", type=int, default=_T.seed, help="Model and training seed.")
-@click.option("--subset-seed", type=int, default=_S.seed, help="Subset permutation seed.")
+@click.option("--seed", type=click.IntRange(0), default=_T.seed, help="Model and training seed.")
+@click.option("--subset-seed", type=click.IntRange(0), default=_S.seed,
+              help="Subset permutation seed.")
 @click.option("--test-size", type=click.IntRange(0), default=_S.test_size)
 @click.option("--checkpoint-every", type=click.IntRange(1), default=_T.checkpoint_every)
 @click.option("--keep-checkpoints", is_flag=True,
@@ -82,8 +83,10 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
                 checkpoint_every, keep_checkpoints, log_every, sample_grid, compile_,
                 precision, resume, dry_run):
     """Train denoisers on nested subsets; prints `run: PATH` for each run."""
+    from probe.config import check_run_config
     from probe.data.prepare import prepare
     from probe.models import zoo
+    from probe.train import dry_run as dry_run_check
     from probe.train import resolve, train_run
 
     family = zoo.preset(arch).family  # unknown arch: one line, before any work
@@ -114,14 +117,15 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
                                   sample_grid=sample_grid, compile=compile_,
                                   precision=precision)))
     for c in configs:  # validate the model (windows vs grid, ...) before any work: shapes only
+        check_run_config(c)  # --lr nan, ...
         zoo.build(dataclasses.replace(c.model, image_size=data_config.size,
                                       channels=data_config.channels or 1), device="meta")
+    if dry_run:  # writes nothing, prepares nothing; refuses what the real run would refuse
+        for c in configs:
+            print_config(dry_run_check(c, store, resume))
+        return
     prepared = prepare(data_config, store, command_line())
     resolved = [resolve(c, prepared) for c in configs]
-    if dry_run:
-        for c in resolved:
-            print_config(c)
-        return
     from probe.report.training_figures import curves_figure
     from probe.runs import record_last
 

