@@ -406,13 +406,12 @@ def _probe_args(command: list[str], run_dir: Path) -> list[str]:
     return [str(run_dir) if a == "@run" else a for a in command]
 
 
-def train_command(store: Artifacts, job: Job, gpus: int) -> list[str]:
-    """The job's training as an argv: in this Python, under torchrun for several GPUs."""
-    base = ["--artifacts", str(store.root), "train-split", *job.args]
-    if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", str(gpus), "-m", "probe", *base]
-    return [sys.executable, "-m", "probe", *base]
+def torchrun_command(gpus: int, job: Job) -> list[str]:
+    """The job's training under torchrun, one rank per GPU. The artifacts root goes in
+    PROBE_ARTIFACTS, and `--` ends torchrun's options: its parser would otherwise refuse
+    `--n` as an abbreviation of its own `--nnodes` / `--nproc-per-node`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(gpus), "-m", "probe", "--", "train-split", *job.args]
 
 
 def run_job(store: Artifacts, sweep: Sweep, run_id: str, gpus: int = 0, threads: int = 0,
@@ -432,7 +431,8 @@ def run_job(store: Artifacts, sweep: Sweep, run_id: str, gpus: int = 0, threads:
 
             torch.set_num_threads(threads)
         if gpus > 1:  # DDP: one rank per GPU; the probes run here, once
-            done = subprocess.run(train_command(store, job, gpus), preexec_fn=_die_with_parent)
+            done = subprocess.run(torchrun_command(gpus, job), preexec_fn=_die_with_parent,
+                                  env={**os.environ, artifacts.ENV_ROOT: str(store.root)})
             if done.returncode:
                 raise ProbeError(f"torchrun exited with code {done.returncode}")
             run_dir = store.run_dir(run_id)
@@ -566,8 +566,8 @@ def print_commands(store: Artifacts, sweep: Sweep, threads: int, gpus: int) -> l
     lines = []
     for job in todo:
         if gpus > 1:
-            train = (f"torchrun --standalone --nproc_per_node {gpus} -m probe --artifacts "
-                     f"{root} train-split ")
+            train = (f"{artifacts.ENV_ROOT}={root} torchrun --standalone --nproc_per_node "
+                     f"{gpus} -m probe -- train-split ")
         else:
             train = f"probe --artifacts {root} train-split "
         parts = [(f"OMP_NUM_THREADS={threads} " if threads else "") + train

@@ -106,8 +106,8 @@ def test_print_executor_writes_a_command_per_job(tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     for line, split in zip(lines, "ab"):
-        assert line.startswith("OMP_NUM_THREADS=3 torchrun --standalone --nproc_per_node 2 -m "
-                               f"probe --artifacts {art} train-split --n 10 --split {split}")
+        assert line.startswith(f"OMP_NUM_THREADS=3 PROBE_ARTIFACTS={art} torchrun --standalone "
+                               f"--nproc_per_node 2 -m probe -- train-split --n 10 --split {split}")
         assert f"&& probe --artifacts {art} generalization {art}/runs/digits8-" in line
 
 
