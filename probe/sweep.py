@@ -352,7 +352,7 @@ def job_status(store: Artifacts, sweep: Sweep, job: Job) -> dict:
     """state (pending / running / done / failed), progress, where, log and last error line."""
     run_dir = store.run_dir(job.run_id)
     state = _read_state(state_path(store, sweep, job.run_id))
-    log = log_path(store, sweep, job.run_id)
+    log = Path(state["log"]) if state.get("log") else log_path(store, sweep, job.run_id)
     total = _run_total(run_dir)
     step = _last_step(run_dir)
     row = {"job": job.run_id, "state": "pending", "step": step, "steps": total,
@@ -639,10 +639,15 @@ class SlurmTask:
     def __call__(self) -> str:
         for key, value in thread_env(self.threads).items():
             os.environ.setdefault(key, value)
+        import submitit
+
         store = Artifacts.at(self.root)
         sweep = load(self.sweep_path, store)
-        log = log_path(store, sweep, self.run_id)
-        log.parent.mkdir(parents=True, exist_ok=True)
+        try:  # the task's output is submitit's log of this SLURM job
+            _write_state(store, sweep, self.run_id,
+                         log=str(submitit.JobEnvironment().paths.stdout))
+        except RuntimeError:
+            pass
         return str(run_job(store, sweep, self.run_id, self.gpus, self.threads,
                            echo=lambda msg: print(msg, flush=True)))
 
