@@ -42,7 +42,7 @@ def _run(cmd, env) -> float:
 
 
 def main() -> None:
-    steps, batch = (30, 16) if quick() else (150, 32)
+    steps, batch = (20, 16) if quick() else (60, 32)
     fixed = {"dataset": "digits", "size": 8, "arch": "dit-tiny/4", "steps": steps,
              "batch": batch, "sample-grid": 0, "checkpoint-every": steps}
     flags = [a for k, v in fixed.items() for a in (f"--{k}", str(v))]
@@ -56,33 +56,40 @@ def main() -> None:
         sweep.write_text('[grid]\nn = [10, 20]\nsplit = ["a", "b"]\n[fixed]\n' + "".join(
             f"{k} = {json.dumps(v)}\n" for k, v in fixed.items()))
         images = 4 * steps * batch
-        for root in (tmp / "pool", tmp / "seq"):
+        for root in (tmp / "pool", tmp / "seq", tmp / "seq1"):
             shutil.copytree(warm / "data", root / "data")
         pool_s = _run([sys.executable, "-m", "probe", "--artifacts", tmp / "pool", "sweep",
                        sweep, "--jobs", 2, "--threads-per-job", 1], _env(1))
         seq_s = _run([sys.executable, "-m", "probe", "--artifacts", tmp / "seq", "train-split",
                       "--n", 10, "--n", 20, "--split", "both", *flags], _env(2))
+        seq1_s = _run([sys.executable, "-m", "probe", "--artifacts", tmp / "seq1",
+                       "train-split", "--n", 10, "--n", 20, "--split", "both", *flags], _env(1))
         rows += [Row("sweep --jobs 2 --threads-per-job 1", images / pool_s, "images/s"),
                  Row("sequential, 1 process x 2 threads", images / seq_s, "images/s"),
-                 Row("pool / sequential", seq_s / pool_s, "x",
-                     note="start-up (torch import, planning) included")]
+                 Row("sequential, 1 process x 1 thread", images / seq1_s, "images/s"),
+                 Row("pool / sequential (2 threads)", seq_s / pool_s, "x",
+                     note="start-up (torch import, planning) included"),
+                 Row("pool / sequential (1 thread)", seq1_s / pool_s, "x",
+                     note="the ideal is 2 on 2 idle cores")]
 
         one_flags = [*flags, "--n", 20, "--log-every", steps // 2]
         for name, cmd, threads in (
                 ("1 process x 2 threads", [sys.executable, "-m", "probe", "train-split"], 2),
+                ("1 process x 1 thread", [sys.executable, "-m", "probe", "train-split"], 1),
                 ("torchrun 2 ranks x 1 thread (gloo)",
                  [sys.executable, "-m", "torch.distributed.run", "--standalone",
                   "--nproc_per_node", 2, "-m", "probe", "--", "train-split"], 1)):
-            root = tmp / name.split()[0]
+            root = tmp / name.replace(" ", "_")
             shutil.copytree(warm / "data", root / "data")
             _run([*cmd, *one_flags], _env(threads, root))
             (run_dir,) = (root / "runs").iterdir()
             last = json.loads((run_dir / "stats.jsonl").read_text().splitlines()[-1])
             rows.append(Row(f"step time, {name}", 1e3 * batch / last["images_per_s"],
                             "ms/step", note=f"global batch {batch}, steady state"))
-        single, ddp = rows[-2].value, rows[-1].value
-        rows.append(Row("DDP step / single step", ddp / single, "x",
-                        note=f"{ddp - single / 2:.1f} ms/step above perfect halving"))
+        single2, single, ddp = rows[-3].value, rows[-2].value, rows[-1].value
+        rows.append(Row("DDP step / single step (2 threads)", ddp / single2, "x"))
+        rows.append(Row("DDP step / single step (1 thread)", ddp / single, "x",
+                        note=f"{ddp - single / 2:+.1f} ms/step against perfect halving"))
     print_table("Sweeps and DDP on this machine", rows)
     write_results("sweep", rows, params)
 

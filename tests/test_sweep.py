@@ -251,3 +251,13 @@ def test_local_pool_killed_halfway_and_rerun_equals_sequential(tmp_path):
         path, store).jobs)
     for name in ref_runs:
         same_weights(art / "runs" / name, ref / "runs" / name)
+
+
+@pytest.mark.parametrize("name", ["an-windows.toml", "kadkhodaie-n.toml"])
+def test_shipped_paper_sweeps_expand(name, tmp_path):
+    """The README's paper-scale sweeps parse and expand (planning them needs CelebA)."""
+    from probe import sweep
+
+    s = sweep.load(REPO / "experiments" / "sweeps" / name, Artifacts.at(tmp_path), plan=False)
+    assert len(s.jobs) == {"an-windows.toml": 18, "kadkhodaie-n.toml": 12}[name]
+    assert s.probes and sweep.slurm_parameters(s.slurm)["gpus_per_node"] == 1
