@@ -179,7 +179,7 @@ def train_run(cfg: RunConfig, store: Artifacts, command: str = "", resume: Path 
     prepared = prepare(cfg.data, store, command)
     cfg = resolve(cfg, prepared)
     doc_path, doc = write_subsets(prepared, dataclasses.replace(
-        cfg.subsets, ns=tuple(sorted({*cfg.subsets.ns, t.n}))))
+        cfg.subsets, ns=tuple(sorted({*cfg.subsets.ns, t.n}))), write=rank == 0)
     indices = subset_indices(doc, t.split, t.n)
     if len(indices) != t.n:
         raise ProbeError(f"N={t.n} is not available: split {t.split} holds at most "
@@ -280,7 +280,7 @@ def _train_locked(cfg, run_dir, prepared, doc, doc_path, indices, command, log, 
             group["lr"] = lr
         x0 = batches.batch(step).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = training_loss(model, x0)
+            loss = training_loss(model, x0, shard=(rank, world))
         finite &= torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -315,6 +315,7 @@ def _train_locked(cfg, run_dir, prepared, doc, doc_path, indices, command, log, 
                           torch.Generator(device).manual_seed(seeding.state(t.seed,
                                                                              "recalibrate")))
         if t.sample_grid:
+            log(f"{run_dir.name}: sampling {t.sample_grid} images")
             samples = sample_grid(ema, t.sample_grid, t.sample_steps, t.seed, device)
             save_grid(run_dir / artifacts.RUN_SAMPLES, to_uint8(samples))
         # ema.safetensors last: its presence marks a finished run.

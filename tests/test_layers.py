@@ -10,7 +10,7 @@ import pytest
 
 # highest first; a module belongs to the layer of the longest prefix that names it
 LAYERS = (
-    ("probe.cli", "probe.experiments", "probe.reproduce", "probe.__main__"),
+    ("probe.cli", "probe.experiments", "probe.reproduce", "probe.sweep", "probe.__main__"),
     ("probe.pipeline",),
     ("probe.report",),
     ("probe.probes",),

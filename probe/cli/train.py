@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import click
 
@@ -81,7 +82,7 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
                 kimg, batch, lr, lr_warmup_kimg, lr_schedule, weight_decay, ema_halflife_kimg,
                 ema_rampup, ema_decay, eval_every, grad_clip, seed, subset_seed, test_size,
                 checkpoint_every, keep_checkpoints, log_every, sample_grid, compile_,
-                precision, resume, dry_run):
+                precision, resume, dry_run, plan=False):
     """Train denoisers on nested subsets; prints `run: PATH` for each run."""
     from probe.config import check_run_config
     from probe.data.prepare import prepare
@@ -120,6 +121,8 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
         check_run_config(c)  # --lr nan, ...
         zoo.build(dataclasses.replace(c.model, image_size=data_config.size,
                                       channels=data_config.channels or 1), device="meta")
+    if plan:  # `planned_configs` (probe sweep): the resolved configs, nothing printed
+        return [dry_run_check(c, store, resume) for c in configs]
     if dry_run:  # writes nothing, prepares nothing; refuses what the real run would refuse
         for c in configs:
             print_config(dry_run_check(c, store, resume))
@@ -129,13 +132,25 @@ def train_split(store, ns, data_config, arch, split, objective, windows, learn_s
     from probe.report.training_figures import curves_figure
     from probe.runs import record_last
 
+    writer = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 writes
     run_dirs = []
     for c in resolved:
         run_dirs.append(train_run(c, store, command_line(), resume=resume))
-        curves_figure(run_dirs[-1])
-        click.echo(f"run: {run_dirs[-1]}")
-    record_last(store, run_dirs)
+        if writer:
+            curves_figure(run_dirs[-1])
+            click.echo(f"run: {run_dirs[-1]}")
+    if writer:
+        record_last(store, run_dirs)
     return run_dirs
+
+
+def planned_configs(store, args: list[str]) -> list[RunConfig]:
+    """The RunConfigs `probe train-split ARGS` would train, resolved as training resolves them
+    (image size and channels from the data set, which is not prepared), refused in one line
+    where the command would refuse them; nothing is written. `probe sweep` names its jobs by
+    them."""
+    with train_split.make_context("train-split", list(args), obj=store) as ctx:
+        return ctx.invoke(train_split.callback, **ctx.params, plan=True)
 
 
 @cli.group()

@@ -75,9 +75,11 @@ def make_subsets(partition: np.ndarray, cfg: SubsetConfig, dataset: str, data_sh
     }
 
 
-def write_subsets(prepared: Prepared, cfg: SubsetConfig) -> tuple[Path, dict]:
+def write_subsets(prepared: Prepared, cfg: SubsetConfig, write: bool = True
+                  ) -> tuple[Path, dict]:
     """Write `subsets.json` beside the cached data; Ns already there for the same seed and test
-    size are kept (they are prefixes of the same permutation, so merging never contradicts)."""
+    size are kept (they are prefixes of the same permutation, so merging never contradicts).
+    `write=False` computes the same document without writing it (DDP ranks other than 0)."""
     path = prepared.directory / SUBSETS
     ns = set(cfg.ns)
     if path.is_file():
@@ -89,7 +91,8 @@ def write_subsets(prepared: Prepared, cfg: SubsetConfig) -> tuple[Path, dict]:
                                                         cfg.test_size),
                        prepared.manifest["source"], prepared.sha256)
     doc["requested_test_size"] = cfg.test_size
-    artifacts.write_json(path, doc)
+    if write:
+        artifacts.write_json(path, doc)
     return path, doc
 
 

@@ -30,13 +30,26 @@ def _discretized_gaussian_loglik(x, mean, log_scale):
                        torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-def ddpm_loss(denoiser: Denoiser, x0, class_labels=None, generator=None):
+def _draw(sample, shape, shard):
+    """`sample(shape)` as rank `shard[0]` of `shard[1]` sees it: the draw of the whole global
+    batch, sliced. Under DDP every rank seeds the same stream and keeps its own rows, so the
+    global batch gets the noise a single process would draw (not one copy per rank)."""
+    rank, world = shard
+    if world == 1:
+        return sample(shape)
+    b = shape[0]
+    return sample((b * world, *shape[1:]))[rank * b:(rank + 1) * b]
+
+
+def ddpm_loss(denoiser: Denoiser, x0, class_labels=None, generator=None, shard=(0, 1)):
     """MSE on epsilon at a uniform timestep; plus the variational bound on the learned variance
     (stop-gradient mean, as in iDDPM/DiT) when the backbone outputs 2C channels."""
     sched, c = denoiser.schedule, denoiser.channels
     b = x0.shape[0]
-    t = torch.randint(0, sched.steps, (b,), device=x0.device, generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    t = _draw(lambda n: torch.randint(0, sched.steps, n, device=x0.device, generator=generator),
+              (b,), shard)
+    noise = _draw(lambda n: torch.randn(n, device=x0.device, generator=generator,
+                                        dtype=x0.dtype), x0.shape, shard)
     abar_all = sched.alphas_cumprod().to(x0.device)
     abar = abar_all[t].float().reshape(-1, 1, 1, 1)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
@@ -73,21 +86,25 @@ def _vlb(sched, abar_all, x0, x_t, t, eps, var_out):
     return torch.where(t == 0, nll, kl)
 
 
-def edm_loss(denoiser: Denoiser, x0, class_labels=None, generator=None):
+def edm_loss(denoiser: Denoiser, x0, class_labels=None, generator=None, shard=(0, 1)):
     b = x0.shape[0]
-    log_sigma = EDM_P_MEAN + EDM_P_STD * torch.randn(b, device=x0.device, generator=generator)
+    log_sigma = EDM_P_MEAN + EDM_P_STD * _draw(
+        lambda n: torch.randn(n, device=x0.device, generator=generator), (b,), shard)
     sigma = log_sigma.exp()
     weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
-    noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    noise = _draw(lambda n: torch.randn(n, device=x0.device, generator=generator,
+                                        dtype=x0.dtype), x0.shape, shard)
     denoised = denoiser(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma, class_labels)
     return (weight * (denoised - x0).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
-def blind_loss(denoiser: Denoiser, x0, class_labels=None, generator=None):
+def blind_loss(denoiser: Denoiser, x0, class_labels=None, generator=None, shard=(0, 1)):
     """Kadkhodaie et al.: noise std u^2 on the [0, 1] scale (u uniform), i.e. 2 u^2 here."""
     b = x0.shape[0]
-    sigma = 2 * torch.rand(b, device=x0.device, generator=generator) ** 2
-    noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    sigma = 2 * _draw(lambda n: torch.rand(n, device=x0.device, generator=generator), (b,),
+                      shard) ** 2
+    noise = _draw(lambda n: torch.randn(n, device=x0.device, generator=generator,
+                                        dtype=x0.dtype), x0.shape, shard)
     denoised = denoiser(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma, class_labels)
     return (denoised - x0).pow(2).mean()
 
@@ -95,5 +112,7 @@ def blind_loss(denoiser: Denoiser, x0, class_labels=None, generator=None):
 LOSSES = {"ddpm": ddpm_loss, "edm": edm_loss, "blind": blind_loss}
 
 
-def training_loss(denoiser: Denoiser, x0, class_labels=None, generator=None):
-    return LOSSES[denoiser.objective](denoiser, x0, class_labels, generator)
+def training_loss(denoiser: Denoiser, x0, class_labels=None, generator=None, shard=(0, 1)):
+    """The objective's loss on `x0`; `shard` = (rank, world) under DDP, where `x0` is this
+    rank's slice of the global batch (see `_draw`)."""
+    return LOSSES[denoiser.objective](denoiser, x0, class_labels, generator, shard)
