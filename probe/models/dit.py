@@ -27,6 +27,8 @@ def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
     """Fixed 2-D sin-cos position embedding [height*width, dim] (MAE/DiT convention)."""
     if dim % 4:
         raise ValueError("embedding width must be divisible by 4")
+    if torch.get_default_device().type == "meta":  # shapes only (zoo.build(device="meta")):
+        return torch.empty(height * width, dim)  # a 4096 px grid's table would take minutes
 
     def one_axis(d: int, pos: np.ndarray) -> np.ndarray:
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
