@@ -280,7 +280,8 @@ def _train_locked(cfg, run_dir, prepared, doc, doc_path, indices, command, log, 
             group["lr"] = lr
         x0 = batches.batch(step).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = training_loss(model, x0, shard=(rank, world))
+            # under DDP each rank keeps its rows of the global batch's noise (losses._draw)
+            loss = training_loss(model, x0, **({"shard": (rank, world)} if world > 1 else {}))
         finite &= torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
