@@ -32,16 +32,23 @@ import click
 from probe.errors import ProbeError
 
 
-def load(path: str | Path) -> dict:
+def read_toml(path: str | Path, kind: str = "experiment") -> dict:
+    """A TOML file (an experiment, a target, a sweep) as a dict; a missing, non-UTF-8 or
+    malformed file is one line."""
     path = Path(path)
     if not path.is_file():
-        raise ProbeError(f"experiment file not found: {path}")
+        raise ProbeError(f"{kind} file not found: {path}")
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ProbeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProbeError(f"{path}: {exc}") from None
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    doc = read_toml(path)
     steps = doc.get("step")
     if not isinstance(steps, list) or not steps or not all(
             isinstance(s, dict) and isinstance(s.get("run"), list) and s["run"]

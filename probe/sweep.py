@@ -42,13 +42,13 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from probe import artifacts
 from probe.artifacts import Artifacts
 from probe.errors import ProbeError
+from probe.experiments import read_toml
 
 SECTIONS = ("name", "description", "grid", "fixed", "exclude", "probes", "slurm")
 NOT_SWEEPABLE = ("resume", "dry_run", "help")  # train-split options a job may not set
@@ -136,14 +136,7 @@ def load(path: str | Path, store: Artifacts, plan: bool = True) -> Sweep:
     """Read and expand a sweep file: every job with its run id (planned like
     `train-split --dry-run`: nothing prepared, nothing written). Bad input is one line."""
     path = Path(path)
-    if not path.is_file():
-        raise ProbeError(f"sweep file not found: {path}")
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ProbeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProbeError(f"{path}: {exc}") from None
+    doc = read_toml(path, "sweep")
     unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
         raise ProbeError(f"{path}: unknown section {unknown[0]!r} (a sweep file has "
