@@ -15,7 +15,9 @@ skips finished training runs and finished probe outputs.
 
 `${name}` is replaced from [vars] (inside one argument), "@{name}" by the variable split into
 several arguments as a shell would ("--n 10 --n 1000"); an argument "@runs" expands to the run
-directories that the `train-split` steps returned, "@runs:K" to those of step K alone. Steps
+directories that the `train-split` steps returned, "@runs:K" to those of step K alone, and
+`${artifacts}` is the experiment's artifacts root (for files a step writes and a later one reads).
+A step with `scales = ["laptop"]` runs only at those scales of a `probe reproduce` target. Steps
 run in this process through the CLI's own commands, so a step fails exactly as the command
 would (one line), prefixed with its step number.
 """
@@ -57,6 +59,10 @@ def load(path: str | Path) -> dict:
                          "command and its arguments")
     if not isinstance(doc.get("vars", {}), dict):
         raise ProbeError(f"{path}: [vars] must be a table")
+    for i, step in enumerate(steps, 1):
+        scales = step.get("scales", [])
+        if not isinstance(scales, list) or not all(isinstance(x, str) for x in scales):
+            raise ProbeError(f"{path}: step {i}: scales must be a list of scale names")
     return doc
 
 
@@ -163,10 +169,16 @@ def run_experiment(path: str | Path, artifacts_root: str, overrides: dict[str, s
 
 
 def run_steps(doc: dict, variables: dict[str, str], artifacts_root: str, dry_run: bool = False,
-              echo=print) -> list[str]:
-    """The [[step]] commands of `doc` in order, with `variables`; returns the runs trained."""
+              echo=print, scale: str | None = None) -> list[str]:
+    """The [[step]] commands of `doc` in order, with `variables`; returns the runs trained.
+    With `scale`, steps whose `scales` leave it out are skipped (their numbers are kept)."""
     runs: dict[int, list[str]] = {}
+    variables = {**variables, "artifacts": str(artifacts_root)}
     for i, step in enumerate(doc["step"], 1):
+        if scale is not None and scale not in step.get("scales", [scale]):
+            echo(f"[{i}/{len(doc['step'])}] skipped at {scale} scale "
+                 f"(runs at {', '.join(step['scales'])})")
+            continue
         args = expand(step["run"], variables, runs)
         try:
             check_step(args, artifacts_root)

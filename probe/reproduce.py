@@ -86,6 +86,23 @@ def resolve(doc: dict, scale: str, overrides: dict[str, str], dry_run: bool = Fa
     return variables
 
 
+def split_overrides(names: list[str], overrides: dict[str, str],
+                    directory: Path = TARGETS_DIR) -> dict[str, dict[str, str]]:
+    """Each target's share of the --set overrides. One target takes them all (a key it lacks
+    is its error); run together, a target takes the keys it has, and a key no target has is
+    an error."""
+    if len(names) == 1:
+        return {names[0]: overrides}
+    found = targets(directory)
+    has = {n: set(found[n].get("vars", {})).union(*(s.get("vars", {}) for s in
+                                                  found[n].get("scale", {}).values()))
+           for n in names}
+    unused = set(overrides) - set().union(*has.values())
+    if unused:
+        raise ProbeError(f"--set {sorted(unused)[0]}: not a variable of any target")
+    return {n: {k: v for k, v in overrides.items() if k in has[n]} for n in names}
+
+
 def run_target(name: str, store: Artifacts, scale: str = "laptop",
                overrides: dict[str, str] | None = None, dry_run: bool = False, echo=print,
                directory: Path = TARGETS_DIR) -> dict[str, dict]:
@@ -93,7 +110,7 @@ def run_target(name: str, store: Artifacts, scale: str = "laptop",
     trained (empty on a dry run)."""
     doc = target(name, directory)
     variables = resolve(doc, scale, overrides or {}, dry_run)
-    run_dirs = run_steps(doc, variables, str(store.root), dry_run, echo)
+    run_dirs = run_steps(doc, variables, str(store.root), dry_run, echo, scale)
     if dry_run:
         return {}
     return {Path(d).name: artifacts.read_json(Path(d) / artifacts.RUN_CONFIG) for d in run_dirs}

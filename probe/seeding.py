@@ -34,6 +34,7 @@ STREAMS = {
     "influence-loss": 5,  # the one noise draw every influence loss shares, keys ()
     "recalibrate": 6,  # the noise of the training losses that re-estimate EMA norm statistics
     "denoise": 13,  # noise `probe denoise` adds to its input images, keys (image index,)
+    "fid-digits": 14,  # the fid-digits network: keys (0,) initial weights, (1,) its batches
 }
 
 

@@ -49,7 +49,7 @@ def test_bad_input_is_one_line(tmp_path):
                                  f"root={tmp_path / 'missing'}"), "no such folder")
     assert_one_line_error(invoke(tmp_path, "an-windows", "--set", "bogus=1"),
                           "not a variable of target an-windows")
-    assert_one_line_error(invoke(tmp_path), "NAME or --list")
+    assert_one_line_error(invoke(tmp_path), "NAME, --all or --list")
 
 
 def test_a_cut_down_target_runs_end_to_end_and_is_checked(tmp_path):
@@ -113,3 +113,49 @@ def test_the_calpha_slope_of_the_optimal_denoiser_is_alpha_over_alpha_plus_one()
     out = 3.0 + alpha / (alpha + 1) * psnr_in  # an MSE falling as sigma^(2 alpha / (alpha + 1))
     df = pd.DataFrame({"metric": "psnr_test", "sigma": sigmas, "value": out})
     assert checks.psnr_slope(df) == pytest.approx(2 / 3)
+
+
+def test_the_windows_check_reads_gaps_and_reports_fid_beside_them(tmp_path):
+    import pandas as pd
+
+    from probe.metrics.tables import write_table
+
+    store = Artifacts.at(tmp_path)
+    rows, runs = [], {}
+    for n, gaps in ((10, (5.0, 4.0)), (1000, (0.3, 0.2))):
+        for windowed, gap in zip((False, True), gaps):
+            run = f"r{n}{'w' if windowed else 'g'}"
+            runs[run] = {"model": {"windows": [[0, 3]] if windowed else []}}
+            rows += [{"run": run, "n": n, "metric": "psnr_gap_mean", "value": gap, "note": ""},
+                     {"run": run, "n": n, "metric": "fid", "value": 10 * gap,
+                      "note": "fid-digits: f.pt"}]
+    write_table(pd.DataFrame(rows), store.table("generalization"))
+    verdict = checks.windows_lower_gap(store, runs)
+    assert verdict.ok and verdict.numbers["gap_change_small_n"] == pytest.approx(-1.0)
+    assert verdict.numbers["fid"]["N=10 windows"] == pytest.approx(40.0)
+    assert "FID (fid-digits) global -> windows: N = 10 50.0 -> 40.0" in verdict.reason
+    higher = pd.DataFrame([{**r, "value": 6.0} if r["run"] == "r10w" else r for r in rows])
+    write_table(higher, store.table("generalization"))
+    assert not checks.windows_lower_gap(store, runs).ok
+
+
+def test_steps_run_at_their_scales_and_see_the_artifacts_root(tmp_path):
+    from probe.experiments import run_steps
+
+    doc = {"step": [{"run": ["data", "show", "--dataset", "${where}"], "scales": ["paper"]},
+                    {"run": ["data", "subsets", "--help", "${artifacts}"]}]}
+    echoed = []
+    run_steps(doc, {"where": "x"}, str(tmp_path), dry_run=True, echo=echoed.append,
+              scale="laptop")
+    assert "skipped at laptop scale" in echoed[0]
+    assert echoed[1].endswith(f"--help {tmp_path}")
+
+
+def test_all_targets_dry_run_together_and_share_their_overrides(tmp_path):
+    result = invoke(tmp_path, "--all", "--dry-run", "--set", "steps=7")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("--steps 7") >= len(TARGETS) - 1  # calpha/disks have steps too
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    assert_one_line_error(invoke(tmp_path, "--all", "--dry-run", "--set", "bogus=1"),
+                          "not a variable of any target")
+    assert_one_line_error(invoke(tmp_path, "--all", "an-fig1"), "NAME, --all or --list")

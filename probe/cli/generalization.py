@@ -28,8 +28,9 @@ _G = GeneralizationConfig()
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=_G.threshold,
               help="Same-noise pairs count as reproducible above this cosine similarity.")
 @click.option("--fid-weights", type=click.Path(dir_okay=False), default=None,
-              help="FID Inception weights (pt_inception-2015-12-05 .pth) or a TorchScript "
-                   "feature extractor; without it FID/KID/precision/recall are skipped.")
+              help="FID Inception weights (pt_inception-2015-12-05 .pth), a TorchScript "
+                   "feature extractor, or a `probe fid-digits` network; without it "
+                   "FID/KID/precision/recall are skipped.")
 @click.pass_obj
 def generalization(store, runs, last, sigmas, images, seed, figures, dry_run, models,
                    data_config, pairs, samples, sampler, steps, batch, mean_removed, threshold,

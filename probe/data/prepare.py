@@ -153,6 +153,18 @@ def load_prepared(directory: Path) -> Prepared | None:
     return Prepared(directory, artifacts.read_json(manifest_path))
 
 
+def labels(prepared: Prepared, cfg: DataConfig) -> np.ndarray | None:
+    """The class of every prepared image, in the cache's order, or None for a set without
+    labels. Labels are not cached: they are read from the source by the keys in keys.txt (a
+    dedup or a partition order changes nothing), which only fid-digits needs."""
+    keys = (prepared.directory / KEYS).read_text().splitlines()
+    by_key = {item.key: item.label for item in open_source(cfg).items}
+    found = [by_key.get(key) for key in keys]
+    if any(label is None for label in found):
+        return None
+    return np.asarray(found, np.int64)
+
+
 def dedup_keep(images: np.ndarray, threshold: float, block_bytes: int = 1 << 28) -> np.ndarray:
     """Indices to keep after dropping one image of each pair whose mean-removed 20x20 thumbnails
     correlate above `threshold` (Kadkhodaie et al.). Greedy in index order: an image is dropped

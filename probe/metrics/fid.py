@@ -6,19 +6,23 @@ The feature extractor is whatever the user provides locally (nothing is download
 - a TorchScript module file (`torch.jit.save`). If its forward takes `return_features` (NVlabs'
   `inception-2015-12-05.pt` as used by StyleGAN/EDM) it is called the NVlabs way, on images in
   [0, 255] with return_features=True; any other module gets images in [-1, 1] (gray repeated to
-  3 channels) and its output, flattened, is the feature vector.
+  3 channels) and its output, flattened, is the feature vector;
+- a `fid-digits` file (`probe fid-digits`, `probe.metrics.fid_digits`): TorchScript carrying its
+  provenance; its kind reads `fid-digits`, so its numbers are never taken for FID-Inception's.
 Pickled modules are refused (no pickled code anywhere). Without a file the metrics are skipped,
 never replaced by another network.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from probe.errors import ProbeError
+from probe.metrics.fid_digits import META_FILE, NAME
 from probe.metrics.inception import FIDInceptionV3, is_fid_inception_state_dict
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
@@ -32,8 +36,9 @@ class FeatureExtractor:
     """`extractor(images [n, C, H, W] in [-1, 1]) -> float64 features [n, F]`, in batches."""
 
     def __init__(self, module: torch.nn.Module, kind: str, path: Path, device=None,
-                 batch: int = 64):
+                 batch: int = 64, meta: dict | None = None):
         self.module, self.kind, self.path = module.eval(), kind, Path(path)
+        self.meta = meta  # a fid-digits network's provenance (None for other extractors)
         self.device = device or torch.device("cpu")
         self.batch = batch
         self.module.to(self.device)
@@ -43,7 +48,7 @@ class FeatureExtractor:
         out = []
         for lo in range(0, len(images), self.batch):
             x = images[lo: lo + self.batch].to(self.device, torch.float32)
-            if x.shape[1] == 1:
+            if x.shape[1] == 1 and self.kind != NAME:  # fid-digits takes gray as it is
                 x = x.expand(-1, 3, -1, -1)
             if self.kind == "nvlabs":
                 y = self.module((x + 1) * 127.5, return_features=True)
@@ -57,11 +62,14 @@ def load_feature_extractor(path: str | Path, device=None, batch: int = 64) -> Fe
     path = Path(path)
     if not path.is_file():
         raise ProbeError(f"FID weights file not found: {path}")
+    extra = {META_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception:  # not TorchScript: a state dict, maybe
         module = None
     if module is not None:
+        if extra[META_FILE]:
+            return FeatureExtractor(module, NAME, path, device, batch, json.loads(extra[META_FILE]))
         args = [a.name for a in module.forward.schema.arguments]
         return FeatureExtractor(module, "nvlabs" if "return_features" in args else "script",
                                 path, device, batch)

@@ -112,6 +112,10 @@ def text_report(table: pd.DataFrame) -> str:
                      f"{first(rows, 'memorized_fraction_normalised'):7.2f} "
                      f"{first(rows, 'memorized_fraction'):5.2f} "
                      f"{first(rows, 'carlini_ratio'):7.2f} {repro_text} {fid_text}")
-    if table.metric.isin(QUALITY).any() and table.loc[table.metric == "fid", "value"].isna().all():
+    fid_rows = table[table.metric == "fid"]
+    if table.metric.isin(QUALITY).any() and fid_rows.value.isna().all():
         lines.append(f"FID/KID/precision/recall {NO_WEIGHTS}")
+    elif fid_rows.note.fillna("").str.startswith("fid-digits").any():
+        lines.append("FID here is on fid-digits features (a classifier trained on this data "
+                     "set), not FID-Inception: comparable between these runs, not with papers")
     return "\n".join(lines)

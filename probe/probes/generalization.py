@@ -30,6 +30,7 @@ from probe.formats import generalization as fmt
 from probe.formats.h5 import ResumableH5, up_to_date
 from probe.formats.samples import read_samples, write_samples
 from probe.metrics import fid as fidm
+from probe.metrics import fid_digits
 from probe.metrics import memorization as mem
 from probe.metrics.generalization import table_from_file
 from probe.metrics.psnr import denoising_psnr
@@ -302,6 +303,8 @@ class Generalization:
             raise ProbeError(f"--pair names a run that is not being probed: {missing[0]}")
         resolved = resolve_pairs(runs, [(by_id[a], by_id[b]) for a, b in cfg.pairs], log)
         extractor = fidm.load_feature_extractor(cfg.fid_weights) if cfg.fid_weights else None
+        if extractor is not None and extractor.meta is not None:
+            fid_digits.check_fits(extractor.meta, runs, log)
         session = _Session(cfg, {r.run_id: p for r, p in zip(runs, paths)}, log, device(),
                            extractor)
         return [Plan([b for a, b in resolved if a is run] + [a for a, b in resolved if b is run],
