@@ -15,14 +15,13 @@ never replaced by another network.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from probe.errors import ProbeError
-from probe.metrics.fid_digits import META_FILE, NAME
+from probe.metrics.fid_digits import NAME, load_script
 from probe.metrics.inception import FIDInceptionV3, is_fid_inception_state_dict
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
@@ -62,14 +61,10 @@ def load_feature_extractor(path: str | Path, device=None, batch: int = 64) -> Fe
     path = Path(path)
     if not path.is_file():
         raise ProbeError(f"FID weights file not found: {path}")
-    extra = {META_FILE: ""}
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception:  # not TorchScript: a state dict, maybe
-        module = None
+    module, digits_meta = load_script(path)
     if module is not None:
-        if extra[META_FILE]:
-            return FeatureExtractor(module, NAME, path, device, batch, json.loads(extra[META_FILE]))
+        if digits_meta is not None:
+            return FeatureExtractor(module, NAME, path, device, batch, digits_meta)
         args = [a.name for a in module.forward.schema.arguments]
         return FeatureExtractor(module, "nvlabs" if "return_features" in args else "script",
                                 path, device, batch)

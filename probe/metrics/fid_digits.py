@@ -125,14 +125,15 @@ def default_path(root: Path, data_dir_name: str, subsets: SubsetConfig) -> Path:
             / f"{NAME}_{data_dir_name}_test{subsets.test_size}-seed{subsets.seed}.pt")
 
 
-def read_meta(path: str | Path) -> dict | None:
-    """The provenance inside a fid-digits file, or None for any other TorchScript file."""
+def load_script(path: str | Path):
+    """(TorchScript module, its fid-digits provenance or None); (None, None) for a file that is
+    not TorchScript."""
     extra = {META_FILE: ""}
     try:
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception:
-        return None
-    return json.loads(extra[META_FILE]) if extra[META_FILE] else None
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception:  # not TorchScript (a state dict, say): the caller decides
+        return None, None
+    return module, (json.loads(extra[META_FILE]) if extra[META_FILE] else None)
 
 
 def build(data_cfg: DataConfig, subsets: SubsetConfig, store, out: str | Path | None = None,
@@ -157,7 +158,7 @@ def build(data_cfg: DataConfig, subsets: SubsetConfig, store, out: str | Path | 
     wanted = {"network": NAME, "data_sha256": prepared.sha256,
               "test_sha256": artifacts.sha256_json(test.tolist()), "seed": seed, "steps": steps}
     if path.is_file():
-        meta = read_meta(path)
+        _, meta = load_script(path)
         if meta and all(meta.get(k) == v for k, v in wanted.items()):
             log(f"fid-digits: reusing {path}")
             return Built(path, meta, True)
