@@ -51,8 +51,8 @@ def reproduce_cmd(store, name, list_, all_, scale, overrides, check, publish, su
         for r in rows:
             click.echo(f"{r['name']:<{width}}  {str(r['laptop_minutes']):>10}  "
                        f"{str(r['paper_minutes']):>22}  {r['paper']}: {r['shows']}")
-        click.echo("laptop min: measured, the whole laptop set run in one go on a 2-core CPU "
-                   "(a target whose runs another target trained first costs less)")
+        click.echo("laptop min: measured by `--all` on a 2-core CPU, targets in this order (one "
+                   "whose runs an earlier target trained costs only its probes)")
         return
     if bool(name) == all_:
         raise click.UsageError("give a target NAME, --all or --list")
