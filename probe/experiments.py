@@ -105,8 +105,10 @@ def expand(args: list[str], variables: dict[str, str], runs: dict[int, list[str]
             continue
 
         split = re.fullmatch(r"@\{(\w+)\}", str(arg))
-        if split:
-            out += shlex.split(substitute(f"${{{split.group(1)}}}", variables))
+        if split:  # the artifacts root stays one argument, whatever characters it holds
+            quoted = {**variables, **({"artifacts": shlex.quote(variables["artifacts"])}
+                                      if "artifacts" in variables else {})}
+            out += shlex.split(substitute(f"${{{split.group(1)}}}", quoted))
         else:
             out.append(substitute(str(arg), variables))
     return out

@@ -46,6 +46,11 @@ def targets(directory: Path = TARGETS_DIR) -> dict[str, dict]:
     for path in sorted(directory.glob("*.toml")):
         doc = load(path)
         doc["path"] = path
+        for i, step in enumerate(doc["step"], 1):
+            unknown = set(step.get("scales", SCALES)) - set(SCALES)
+            if unknown or ("scales" in step and not step["scales"]):
+                raise ProbeError(f"{path}: step {i}: scales must name some of "
+                                 f"{', '.join(SCALES)}, got {step['scales']}")
         out[doc.get("name", path.stem)] = doc
     return out
 
@@ -86,20 +91,20 @@ def resolve(doc: dict, scale: str, overrides: dict[str, str], dry_run: bool = Fa
     return variables
 
 
-def split_overrides(names: list[str], overrides: dict[str, str],
+def split_overrides(names: list[str], overrides: dict[str, str], scale: str = "laptop",
                     directory: Path = TARGETS_DIR) -> dict[str, dict[str, str]]:
-    """Each target's share of the --set overrides. One target takes them all (a key it lacks
-    is its error); run together, a target takes the keys it has, and a key no target has is
-    an error."""
+    """Each target's share of the --set overrides at `scale`. One target takes them all (a
+    key it lacks is its error); run together, a target takes the keys it has at that scale,
+    and a key none has is an error."""
     if len(names) == 1:
         return {names[0]: overrides}
     found = targets(directory)
-    has = {n: set(found[n].get("vars", {})).union(*(s.get("vars", {}) for s in
-                                                  found[n].get("scale", {}).values()))
+    has = {n: {*found[n].get("vars", {}), *scale_of(found[n], scale).get("vars", {})}
            for n in names}
     unused = set(overrides) - set().union(*has.values())
     if unused:
-        raise ProbeError(f"--set {sorted(unused)[0]}: not a variable of any target")
+        raise ProbeError(f"--set {sorted(unused)[0]}: not a variable of any target at {scale} "
+                         "scale")
     return {n: {k: v for k, v in overrides.items() if k in has[n]} for n in names}
 
 

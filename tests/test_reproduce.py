@@ -154,8 +154,40 @@ def test_steps_run_at_their_scales_and_see_the_artifacts_root(tmp_path):
 def test_all_targets_dry_run_together_and_share_their_overrides(tmp_path):
     result = invoke(tmp_path, "--all", "--dry-run", "--set", "steps=7")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.count("--steps 7") >= len(TARGETS) - 1  # calpha/disks have steps too
+    alone = {name: invoke(tmp_path, name, "--dry-run", "--set", "steps=7").stdout.count(
+        "--steps 7") for name in TARGETS}
+    assert all(alone.values())  # every target trains for ${steps}
+    assert result.stdout.count("--steps 7") == sum(alone.values())
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     assert_one_line_error(invoke(tmp_path, "--all", "--dry-run", "--set", "bogus=1"),
                           "not a variable of any target")
     assert_one_line_error(invoke(tmp_path, "--all", "an-fig1"), "NAME, --all or --list")
+
+
+def test_all_goes_on_past_a_target_that_stops_on_an_error(tmp_path, monkeypatch):
+    from probe.errors import ProbeError
+
+    ran = []
+
+    def fake_run(name, *args, **kwargs):
+        ran.append(name)
+        if name == TARGETS[1]:
+            raise ProbeError("a step failed")
+        return {}
+
+    monkeypatch.setattr(reproduce, "run_target", fake_run)
+    monkeypatch.setattr(reproduce, "check_target",
+                        lambda *a, **k: checks.Verdict(True, "fine", {}))
+    result = invoke(tmp_path, "--all", "--check")
+    assert ran == TARGETS
+    assert_one_line_error(result, "1 of", TARGETS[1], "a step failed")
+
+
+@pytest.mark.parametrize("scales", ['["lapotp"]', "[]"])
+def test_a_step_limited_to_no_known_scale_is_refused(tmp_path, scales):
+    from probe.errors import ProbeError
+
+    (tmp_path / "t.toml").write_text(f'name = "t"\n[[step]]\nscales = {scales}\n'
+                                     'run = ["data", "show"]\n')
+    with pytest.raises(ProbeError, match="scales must name some of laptop, paper"):
+        reproduce.targets(tmp_path)

@@ -30,7 +30,7 @@ def fid_digits_cmd(store, data_config, seed, test_size, steps, out):
     whose hidden features give laptop FID through `--fid-weights` (not FID-Inception numbers).
 
     Trained on every image outside the held-out set; reused when the file already holds the
-    same network. Prints the file's path on stdout.
+    same network. The last line on stdout names the file.
     """
     built = fid_digits.build(data_config, SubsetConfig(seed=seed, test_size=test_size), store,
                              out, steps=steps, command=command_line(),

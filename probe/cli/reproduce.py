@@ -8,6 +8,7 @@ import click
 
 from probe.cli import cli
 from probe.cli.options import parse_sets
+from probe.errors import ProbeError
 
 
 @cli.command("reproduce")
@@ -58,16 +59,26 @@ def reproduce_cmd(store, name, list_, all_, scale, overrides, check, publish, su
         raise click.UsageError("give a target NAME, --all or --list")
     pairs = parse_sets(overrides)
     names = [r["name"] for r in listing()] if all_ else [name]
-    failed = {}
+    failed, broken = {}, {}
     start = time.time()
-    for one, its_pairs in split_overrides(names, pairs).items():
-        reason = _run_one(store, one, scale, its_pairs, check, publish, dry_run)
+    for one, its_pairs in split_overrides(names, pairs, scale).items():
+        try:
+            reason = _run_one(store, one, scale, its_pairs, check, publish, dry_run)
+        except ProbeError as exc:
+            if not all_:
+                raise
+            click.echo(f"{one}: error: {exc}")  # the other targets still run
+            broken[one] = str(exc)
+            continue
         if reason is not None:
             failed[one] = reason
     if all_ and not dry_run:
         click.echo(f"all {len(names)} targets: {(time.time() - start) / 60:.1f} min")
         if publish:
             click.echo(f"results: {results_readme(publish)}")
+    if broken:
+        raise ProbeError(f"{len(broken)} of {len(names)} targets stopped on an error: "
+                         + ", ".join(f"{n} ({r})" for n, r in broken.items()))
     if failed:
         line = (f"{len(failed)} of {len(names)} targets did not hold: {', '.join(failed)}"
                 if all_ else f"{name}: {failed[name]}")

@@ -215,8 +215,11 @@ def fashion_mnist(cfg: DataConfig) -> Source:
     root = _require_dir(cfg.root or DEFAULT_FASHION_MNIST, "fashion-mnist")
     train = _read_idx(_find_idx(root, "train-images-idx3-ubyte"))
     test = _read_idx(_find_idx(root, "t10k-images-idx3-ubyte"))
-    train_labels = _idx_labels(root, "train-labels-idx1-ubyte", len(train))
-    test_labels = _idx_labels(root, "t10k-labels-idx1-ubyte", len(test))
+    try:  # labels are optional (only fid-digits reads them): a bad label file is no labels
+        train_labels = _idx_labels(root, "train-labels-idx1-ubyte", len(train))
+        test_labels = _idx_labels(root, "t10k-labels-idx1-ubyte", len(test))
+    except ProbeError:
+        train_labels = test_labels = None
     if train_labels is None or test_labels is None:
         train_labels = test_labels = None
     return Source(_array_items(train, "train", "train/", train_labels)

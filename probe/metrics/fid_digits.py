@@ -40,6 +40,7 @@ from probe.data.subsets import write_subsets
 from probe.errors import ProbeError
 
 NAME = "fid-digits"
+VERSION = 1  # of the network and its training: a file of another version is trained again
 META_FILE = "fid-digits.json"  # TorchScript extra file holding the provenance
 FEATURES = 128
 STEPS, BATCH, LR = 1500, 128, 1e-3
@@ -142,24 +143,25 @@ def load_script(path: str | Path):
 def build(data_cfg: DataConfig, subsets: SubsetConfig, store, out: str | Path | None = None,
           seed: int = 0, steps: int = STEPS, command: str = "", log=print) -> Built:
     """Train (or reuse) the fid-digits network of a data set and write it atomically."""
-    unlabelled = ProbeError(f"{data_cfg.dataset} has no labels: fid-digits trains a classifier, "
-                            f"so it needs a labelled set ({', '.join(LABELLED)}); for any other "
-                            "set give --fid-weights an Inception or TorchScript file")
     if data_cfg.dataset not in LABELLED:
-        raise unlabelled
+        raise ProbeError(f"{data_cfg.dataset} has no labels: fid-digits trains a classifier, so "
+                         f"it needs a labelled set ({', '.join(LABELLED)}); for any other set "
+                         "give --fid-weights an Inception or TorchScript file")
     prepared = prepare(data_cfg, store, command, log=log)
     path = Path(out) if out else default_path(store.root, prepared.directory.name, subsets)
     classes = prepared_labels(prepared, data_cfg)
-    if classes is None:  # fashion-mnist without its label files
-        raise unlabelled
+    if classes is None:  # fashion-mnist without readable label files
+        raise ProbeError(f"found no labels for {data_cfg.dataset}"
+                         + (f" under {data_cfg.root}" if data_cfg.root else "")
+                         + " (its idx label files are missing or unreadable)")
     # the held-out set depends on the seed and test size alone, not on the Ns trained
     _, doc = write_subsets(prepared, replace(subsets, ns=(1,)), write=False)
     test = np.asarray(sorted(doc["test"]), np.int64)
     if len(test) == 0:
         raise ProbeError("fid-digits needs held-out images to measure it on: --test-size 0")
     train = np.setdiff1d(np.arange(len(classes)), test)
-    wanted = {"network": NAME, "data_sha256": prepared.sha256,
-              "test_sha256": artifacts.sha256_json(test.tolist()), "seed": seed, "steps": steps}
+    wanted = {"network": NAME, "version": VERSION, "data_sha256": prepared.sha256,
+              "test_rows": test.tolist(), "seed": seed, "steps": steps}
     if path.is_file():
         _, meta = load_script(path)
         if meta and all(meta.get(k) == v for k, v in wanted.items()):
@@ -184,16 +186,20 @@ def build(data_cfg: DataConfig, subsets: SubsetConfig, store, out: str | Path | 
 
 
 def check_fits(meta: dict, runs, log=print) -> None:
-    """A fid-digits network measures only the data set it learnt: refuse other data or sizes,
-    and say so when a run's held-out images are not the ones the network was kept from."""
+    """A fid-digits network measures only the data set it learnt: refuse other data, sizes or
+    channels, and say so when some of a run's held-out images (FID's real images) were among
+    the network's training images."""
+    kept_out = set(meta["test_rows"])
     for run in runs:
         c, h, w = run.image_shape
         data = run.provenance().get("data_sha256", "")
-        if (h, w) != (meta["size"], meta["size"]) or (data and data != meta["data_sha256"]):
+        if ((h, w) != (meta["size"], meta["size"]) or (data and data != meta["data_sha256"])
+                or c not in (meta["channels"], 3 if meta["channels"] == 1 else -1)):
             raise ProbeError(f"--fid-weights is a fid-digits network of {meta['dataset']} "
-                             f"{meta['size']}px ({meta['data_sha256'][:12]}); run {run.run_id} "
-                             f"is {run.dataset} {h}px ({data[:12] or 'data unknown'})")
-        test = artifacts.sha256_json(sorted(int(i) for i in run.test_indices))
-        if test != meta["test_sha256"]:
-            log(f"warning: {run.run_id}'s held-out images differ from those fid-digits was kept "
-                "from (another --test-size or --seed): some were in its training set")
+                             f"{meta['size']}px, {meta['channels']} channel(s) "
+                             f"({meta['data_sha256'][:12]}); run {run.run_id} is {run.dataset} "
+                             f"{h}px, {c} channel(s) ({data[:12] or 'data unknown'})")
+        seen = len(set(int(i) for i in run.test_indices) - kept_out)
+        if seen:
+            log(f"warning: {seen} of {run.run_id}'s held-out images were in fid-digits' "
+                "training set (another --test-size or --seed): its FID is biased low")
