@@ -25,6 +25,7 @@ DATASETS = (
 )
 CROPS = ("center", "dit", "kadkhodaie", "none")
 SYNTHETIC_COUNT = 10_000  # images of a synthetic set or of `patches` when --count is not given
+FID_DIGITS_STEPS = 1500  # training steps of the fid-digits network (batch 128)
 
 
 @dataclass(frozen=True)

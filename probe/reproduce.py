@@ -11,7 +11,7 @@ and the check of its expectation (probe.report.checks):
     check = "memorization_transition"
     [check_args]                     # keyword arguments of the check
     [scale.laptop]                   # embedded or synthetic data, minutes on a 2-core CPU
-    minutes = 9                      # measured: the wall time of the last laptop run
+    minutes = 9                      # measured: its wall time in `probe reproduce --all`
     vars = {...}
     [scale.paper]                    # the paper's data, sizes, N and lengths: GPUs
     minutes = "..."                  # an estimate
@@ -197,8 +197,10 @@ def results_readme(out: Path, directory: Path = TARGETS_DIR) -> Path:
 
     out = Path(out)
     lines = ["# Laptop-scale reproductions, as measured", "",
-             "Made by `probe reproduce NAME --check --publish docs/results` on a 2-core CPU "
-             "(no GPU). Each folder holds the target's tables (CSV), figures and verdict.json.",
+             "Made by `probe reproduce --all --check --publish docs/results` (one target: NAME "
+             "for --all) on a 2-core CPU (no GPU). Each folder holds the target's tables (CSV), "
+             "figures and verdict.json; the wall time is the target's own in that run (a target "
+             "whose runs an earlier one trained pays only for its probes).",
              "", "| target | paper | the paper reports | measured here | check | wall time |",
              "|---|---|---|---|---|---|"]
     found = targets(directory)

@@ -6,8 +6,7 @@ import click
 
 from probe.cli import cli
 from probe.cli.options import command_line, data_options
-from probe.config import SubsetConfig
-from probe.metrics import fid_digits
+from probe.config import FID_DIGITS_STEPS, SubsetConfig
 
 _SUBSETS = SubsetConfig()
 
@@ -19,7 +18,7 @@ _SUBSETS = SubsetConfig()
                    "train-split's).")
 @click.option("--test-size", type=click.IntRange(1), default=_SUBSETS.test_size,
               help="Held-out images (use train-split's): never trained on, FID's real images.")
-@click.option("--steps", type=click.IntRange(1), default=fid_digits.STEPS,
+@click.option("--steps", type=click.IntRange(1), default=FID_DIGITS_STEPS,
               help="Training steps (batch 128).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where the TorchScript file goes (default: "
@@ -32,6 +31,8 @@ def fid_digits_cmd(store, data_config, seed, test_size, steps, out):
     Trained on every image outside the held-out set; reused when the file already holds the
     same network. The last line on stdout names the file.
     """
+    from probe.metrics import fid_digits  # torch: only when the command runs
+
     built = fid_digits.build(data_config, SubsetConfig(seed=seed, test_size=test_size), store,
                              out, steps=steps, command=command_line(),
                              log=click.echo)

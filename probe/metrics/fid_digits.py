@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from probe import artifacts, seeding
-from probe.config import DataConfig, SubsetConfig
+from probe.config import FID_DIGITS_STEPS, DataConfig, SubsetConfig
 from probe.data.loader import to_model_range
 from probe.data.prepare import labels as prepared_labels
 from probe.data.prepare import prepare
@@ -43,7 +43,7 @@ NAME = "fid-digits"
 VERSION = 1  # of the network and its training: a file of another version is trained again
 META_FILE = "fid-digits.json"  # TorchScript extra file holding the provenance
 FEATURES = 128
-STEPS, BATCH, LR = 1500, 128, 1e-3
+STEPS, BATCH, LR = FID_DIGITS_STEPS, 128, 1e-3
 
 
 class DigitFeatures(nn.Module):
